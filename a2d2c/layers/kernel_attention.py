@@ -1,0 +1,50 @@
+"""Attention over K candidate kernels.
+
+``KernelAttention`` is DyConv's global branch: squeeze-and-excitation style logits from the
+globally pooled input, one set of K logits per sample.
+
+``LocalKernelAttention`` is A2D2C's local branch: the evidence for kernel k at position p is the
+channel-mean and channel-max of that kernel's response R_k(p), and a small ka x ka conv turns
+the 2K evidence maps into K logits per position.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class KernelAttention(nn.Module):
+    """logits = FC2(ReLU(FC1(GAP(x)))), FC1: C -> max(C // reduction, min_hidden), FC2: -> K.
+
+    No BatchNorm inside: it would break at batch size 1 and couple samples in a batch.
+    """
+
+    def __init__(self, in_channels: int, num_kernels: int, reduction: int = 4, min_hidden: int = 4):
+        super().__init__()
+        hidden = max(in_channels // reduction, min_hidden)
+        self.fc1 = nn.Linear(in_channels, hidden)
+        self.fc2 = nn.Linear(hidden, num_kernels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: B x C x H x W -> logits B x K."""
+        return self.fc2(F.relu(self.fc1(x.mean((2, 3)))))
+
+
+def response_evidence(responses: torch.Tensor) -> torch.Tensor:
+    """B x K x O x H x W -> B x 2K x H x W: [channel-mean of each R_k, channel-max of each R_k]."""
+    return torch.cat([responses.mean(2), responses.amax(2)], dim=1)
+
+
+class LocalKernelAttention(nn.Module):
+    """Per-position logits: a ka x ka conv over the 2K evidence maps (mean, max of each R_k)."""
+
+    def __init__(self, num_kernels: int, kernel_size: int = 3):
+        super().__init__()
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"attn_kernel_size must be a positive odd number, got {kernel_size}")
+        self.conv = nn.Conv2d(2 * num_kernels, num_kernels, kernel_size, padding=kernel_size // 2)
+
+    def forward(self, responses: torch.Tensor) -> torch.Tensor:
+        """responses: B x K x O x H x W -> logits B x K x H x W."""
+        return self.conv(response_evidence(responses))

@@ -1,0 +1,111 @@
+"""Naive float64 references for the conv types, written from DESIGN.md's math and independent
+of the package's code paths: convolutions are unfold + matmul, dynamic convs loop over samples,
+the local types build one kernel per output position."""
+import torch
+import torch.nn.functional as F
+
+
+def unfold_patches(x, kernel_size, stride, padding, dilation, groups):
+    """B x C x H x W -> patches B x g x (C/g*kh*kw) x L and the output size."""
+    b, c, h, w = x.shape
+    kh, kw = kernel_size
+    cols = F.unfold(x, (kh, kw), dilation=dilation, padding=padding, stride=stride)
+    ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    wo = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    return cols.view(b, groups, c // groups * kh * kw, ho * wo), (ho, wo)
+
+
+def ref_conv(x, weight, bias, stride, padding, dilation, groups):
+    """Plain convolution as unfold + matmul. weight: O x C/g x kh x kw."""
+    cols, (ho, wo) = unfold_patches(x, weight.shape[-2:], stride, padding, dilation, groups)
+    o = weight.shape[0]
+    w = weight.reshape(groups, o // groups, -1)
+    out = torch.einsum("gox,bgxl->bgol", w, cols).reshape(x.shape[0], o, ho, wo)
+    if bias is not None:
+        out = out + bias.view(1, -1, 1, 1)
+    return out
+
+
+def ref_global_logits(x, fc1, fc2):
+    pooled = x.mean((2, 3))
+    hidden = torch.relu(pooled @ fc1.weight.T + fc1.bias)
+    return hidden @ fc2.weight.T + fc2.bias
+
+
+def ref_dynamic(m, x):
+    """Per-sample loop: conv(x_b, sum_k pi_bk W_k) + sum_k pi_bk b_k."""
+    pi = torch.softmax(ref_global_logits(x, m.kernel_attention.fc1, m.kernel_attention.fc2)
+                       / m.temperature, dim=1)
+    outs = []
+    for b in range(x.shape[0]):
+        kernel = sum(pi[b, k] * m.weight[k] for k in range(m.num_kernels))
+        bias = None if m.bias is None else sum(pi[b, k] * m.bias[k] for k in range(m.num_kernels))
+        outs.append(ref_conv(x[b:b + 1], kernel, bias, m.stride, m.padding, m.dilation, m.groups))
+    return torch.cat(outs)
+
+
+def ref_local_attention(m, x, responses):
+    """responses: list of K tensors B x O x H' x W' -> alpha B x K x H' x W'."""
+    evidence = torch.cat([torch.stack([r.mean(1) for r in responses], 1),
+                          torch.stack([r.amax(1) for r in responses], 1)], 1)
+    conv = m.local_attention.conv
+    pad = conv.kernel_size[0] // 2
+    logits = ref_conv(evidence, conv.weight, conv.bias, (1, 1), (pad, pad), (1, 1), 1)
+    if m.kernel_attention is not None:
+        g = ref_global_logits(x, m.kernel_attention.fc1, m.kernel_attention.fc2)
+        logits = logits + g[:, :, None, None]
+    return torch.softmax(logits / m.temperature, dim=1)
+
+
+def ref_per_position_conv(x, kernels, alpha, stride, padding, dilation, groups):
+    """y(p) = (sum_k alpha_k(p) W_k) . patch(p): one kernel per output position.
+    kernels: K x O x C/g x kh x kw; alpha: B x K x H' x W'."""
+    k, o = kernels.shape[:2]
+    cols, (ho, wo) = unfold_patches(x, kernels.shape[-2:], stride, padding, dilation, groups)
+    w = kernels.reshape(k, groups, o // groups, -1)
+    per_position = torch.einsum("bkl,kgox->bglox", alpha.flatten(2), w)
+    out = torch.einsum("bglox,bgxl->bgol", per_position, cols)
+    return out.reshape(x.shape[0], o, ho, wo)
+
+
+def ref_a2d2c(m, x):
+    args = (m.stride, m.padding, m.dilation, m.groups)
+    responses = [ref_conv(x, m.weight[k], None, *args) for k in range(m.num_kernels)]
+    alpha = ref_local_attention(m, x, responses)
+    out = ref_per_position_conv(x, m.weight, alpha, *args)
+    if m.bias is not None:
+        out = out + torch.einsum("bkhw,ko->bohw", alpha, m.bias)
+    return out
+
+
+def ref_low_rank_kernel(up, down_k, groups):
+    """U V_k for one expert, group by group. up: O x r/g x 1 x 1, down_k: r x C/g x kh x kw."""
+    o, r = up.shape[0], down_k.shape[0]
+    blocks = []
+    for g in range(groups):
+        u = up[g * o // groups:(g + 1) * o // groups, :, 0, 0]
+        v = down_k[g * r // groups:(g + 1) * r // groups]
+        blocks.append(torch.einsum("or,rchw->ochw", u, v))
+    return torch.cat(blocks)
+
+
+def ref_a2d2c_plus(m, x):
+    args = (m.stride, m.padding, m.dilation, m.groups)
+    experts = [ref_conv(x, m.down_weight[k], None, *args) for k in range(m.num_kernels)]
+    alpha = ref_local_attention(m, x, experts)
+    kernels = torch.stack([m.weight + ref_low_rank_kernel(m.up_weight, m.down_weight[k], m.groups)
+                           for k in range(m.num_kernels)])
+    out = ref_per_position_conv(x, kernels, alpha, *args)
+    if m.bias is not None:
+        out = out + m.bias.view(1, -1, 1, 1)
+    return out
+
+
+def reference(m, x):
+    """The naive reference for whichever layer ``create_conv2d`` built (a depthwise
+    a2d2c_plus is an a2d2c layer)."""
+    if hasattr(m, "down_weight"):
+        return ref_a2d2c_plus(m, x)
+    if hasattr(m, "local_attention"):
+        return ref_a2d2c(m, x)
+    return ref_dynamic(m, x)
