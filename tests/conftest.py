@@ -1,6 +1,10 @@
 import pytest
 import torch
 
+# The tests run many tiny ops, where intra-op threads cost more than they give, and they share
+# a small machine (2 cores in CI): one thread per test process keeps the suite fast and steady.
+torch.set_num_threads(1)
+
 
 def pytest_collection_modifyitems(config, items):
     # GPU tests are collected everywhere but only run where CUDA is present.

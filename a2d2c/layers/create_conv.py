@@ -40,7 +40,8 @@ def check_conv_type(conv_type: str) -> None:
         raise ValueError(f"unknown conv type '{conv_type}'; valid: {', '.join(CONV_TYPES)}{hint}")
 
 
-def _check_options(conv_type: str, options: dict) -> None:
+def check_conv_options(conv_type: str, options: dict) -> None:
+    """One clear ValueError for an option the conv type does not take."""
     valid = conv_options(conv_type)
     for name in options:
         if name not in valid:
@@ -62,7 +63,7 @@ def create_conv2d(conv_type: str, in_channels: int, out_channels: int, kernel_si
     A depthwise a2d2c_plus conv is built as a2d2c, whose options are a subset.
     """
     check_conv_type(conv_type)
-    _check_options(conv_type, options)
+    check_conv_options(conv_type, options)
     if padding is None:
         padding = same_padding(to_2tuple(kernel_size), to_2tuple(dilation))
     if in_channels % groups or out_channels % groups:

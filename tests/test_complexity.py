@@ -1,0 +1,88 @@
+"""Params and MAdds in the papers' convention, against hand counts and the DyConv paper."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from a2d2c.layers import create_conv2d
+from a2d2c.models import build_classifier
+from a2d2c.utils.complexity import count_complexity
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def on_meta(name, conv_type, **kw):
+    with torch.device("meta"):
+        return build_classifier(name, conv_type, num_classes=1000, stem="imagenet", **kw)
+
+
+def test_static_conv_counts_by_hand():
+    conv = create_conv2d("static", 16, 32, 3, stride=2, groups=2)
+    c = count_complexity(conv, (16, 20, 20))
+    assert c["params"] == 32 * 8 * 9
+    assert c["macs"] == 32 * 8 * 9 * 10 * 10
+
+
+def test_dynamic_conv_counts_attention_aggregation_and_one_conv():
+    k, cin, cout, hidden = 4, 16, 32, 4  # hidden = 16 // 4
+    conv = create_conv2d("dynamic", cin, cout, 3, stride=2, num_kernels=k, bias=True)
+    c = count_complexity(conv, (cin, 20, 20))
+    attention = cin * hidden + hidden * k
+    aggregation = k * cout * cin * 9 + k * cout  # kernels and biases
+    one_conv = cout * cin * 9 * 10 * 10
+    assert c["macs"] == attention + aggregation + one_conv
+    assert c["params"] == k * cout * cin * 9 + k * cout + (cin + 1) * hidden + (hidden + 1) * k
+
+
+def test_a2d2c_counts_k_responses_and_the_local_attention():
+    k, cin, cout, hidden = 4, 16, 32, 4
+    conv = create_conv2d("a2d2c", cin, cout, 3, stride=2, num_kernels=k)
+    c = count_complexity(conv, (cin, 20, 20))
+    responses = k * cout * cin * 9 * 100
+    local = k * 2 * k * 9 * 100
+    assert c["macs"] == responses + local + cin * hidden + hidden * k
+
+
+def test_a2d2c_plus_costs_about_one_third_more_than_static():
+    static = count_complexity(on_meta("resnet18", "static"))
+    plus = count_complexity(on_meta("resnet18", "a2d2c_plus"))
+    assert 1.1 < plus["macs"] / static["macs"] < 1.4
+    assert 1.1 < plus["params"] / static["params"] < 1.4
+
+
+@pytest.mark.parametrize("name,static_macs", [("resnet18", 1.814e9), ("mobilenetv2_x1_0", 300.8e6)])
+def test_static_backbones_match_torchvision_numbers(name, static_macs):
+    # torchvision's model cards: ResNet-18 1.81 GFLOPS(MAdds), MobileNetV2 0.30
+    assert count_complexity(on_meta(name, "static"))["macs"] == pytest.approx(static_macs, rel=2e-3)
+
+
+@pytest.mark.parametrize("name,paper_macs", [("resnet18", 1.85e9), ("mobilenetv2_x1_0", 312.9e6),
+                                             ("resnet10", 0.91e9)])
+def test_dynamic_backbones_within_two_percent_of_the_dyconv_paper(name, paper_macs):
+    macs = count_complexity(on_meta(name, "dynamic"))["macs"]
+    assert abs(macs - paper_macs) / paper_macs < 0.02
+
+
+def test_meta_and_real_tensors_give_the_same_counts():
+    real = build_classifier("resnet10", "a2d2c", num_classes=10, stem="cifar")
+    with torch.device("meta"):
+        meta = build_classifier("resnet10", "a2d2c", num_classes=10, stem="cifar")
+    assert count_complexity(real, (3, 32, 32)) == count_complexity(meta, (3, 32, 32))
+
+
+def test_counting_keeps_the_training_mode():
+    model = build_classifier("resnet10", "dynamic", num_classes=10, stem="cifar").train()
+    count_complexity(model, (3, 32, 32))
+    assert model.training
+
+
+def test_complexity_script_prints_paper_numbers_beside_ours(tmp_path):
+    out = tmp_path / "table.md"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "complexity.py"), "--backbones",
+                    "resnet10", "--out", str(out)], check=True, capture_output=True, text=True)
+    text = out.read_text()
+    assert "| resnet10 | 5.4M / 889.2M | 20.2M / 908.9M |" in text
+    assert "5.2M / 890.0M | 18.6M / 910.0M |" in text  # the paper's row
+    assert "32x32, cifar stem" in text
