@@ -34,7 +34,7 @@ def test_matches_naive_reference(conv_type, grouping, kernel_size, stride, dilat
         assert rel_err(m(x), reference(m, x)) < 1e-10
 
 
-@pytest.mark.parametrize("path", ["aggregate", "responses"])
+@pytest.mark.parametrize("path", ["aggregate", "responses", "reference"])
 @pytest.mark.parametrize("grouping,stride,batch", itertools.product(GROUPINGS, (1, 2), (1, 3)))
 def test_dynamic_paths_match_reference(path, grouping, stride, batch):
     m = build("dynamic", grouping, stride=stride, path=path).double()
@@ -43,10 +43,11 @@ def test_dynamic_paths_match_reference(path, grouping, stride, batch):
         assert rel_err(m(x), reference(m, x)) < 1e-10
 
 
-@pytest.mark.parametrize("conv_type", DYNAMIC_TYPES)
+@pytest.mark.parametrize("conv_type,opts", [(t, {}) for t in DYNAMIC_TYPES] +
+                         [("dynamic", {"path": "aggregate"})])
 @pytest.mark.parametrize("grouping", GROUPINGS)
-def test_gradcheck(conv_type, grouping):
-    m = build(conv_type, grouping, num_kernels=2).double()
+def test_gradcheck(conv_type, opts, grouping):
+    m = build(conv_type, grouping, num_kernels=2, **opts).double()
     names = [n for n, _ in m.named_parameters()]
     x = torch.randn(2, m.in_channels, 4, 4, dtype=torch.float64, requires_grad=True)
     params = [p.detach().clone().requires_grad_() for p in m.parameters()]
@@ -189,3 +190,18 @@ def test_bad_arguments_raise_one_clear_error():
         create_conv2d("static", 4, 4, 3, num_kernels=4)
     with pytest.raises(ValueError, match=r"groups=3 must divide in_channels=4"):
         create_conv2d("a2d2c", 4, 6, 3, groups=3)
+
+
+@pytest.mark.parametrize("grouping", GROUPINGS)
+def test_memory_saving_backward_matches_plain_autograd(grouping):
+    # The aggregate path's custom backward against autograd through the kept kernels.
+    grads = {}
+    for path in ("aggregate", "reference"):
+        torch.manual_seed(1)
+        m = build("dynamic", grouping, stride=2, path=path).double()
+        x = torch.randn(3, m.in_channels, 8, 8, dtype=torch.float64, requires_grad=True)
+        out = m(x)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view_as(out)).sum().backward()
+        grads[path] = [x.grad] + [p.grad for p in m.parameters()]
+    for a, b in zip(grads["aggregate"], grads["reference"]):
+        assert rel_err(a, b) < 1e-10

@@ -6,22 +6,28 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from .functional import aggregated_conv, conv_responses, mix_responses
+from .aggregated_conv import aggregated_conv
+from .functional import conv_responses, mix_responses
 from .kernel_attention import KernelAttention
 from .mixture_conv import IntOrPair, MixtureConv2d, init_like_conv2d_
 
-PATHS = ("auto", "aggregate", "responses")
+PATHS = ("auto", "aggregate", "responses", "reference")
 
 
 class DynamicConv2d(MixtureConv2d):
     """y_b = conv(x_b, sum_k pi_bk W_k) + sum_k pi_bk b_k, pi = softmax(logits(x) / tau).
 
     ``path`` picks how that is computed (same function either way):
-      * ``aggregate``: per-sample kernels and one grouped conv (DyConv's canonical form);
+      * ``aggregate``: per-sample kernels and one grouped conv (DyConv's canonical form), with
+        a backward that recomputes the kernels instead of keeping them;
       * ``responses``: K responses in one dense conv, then mixed;
       * ``auto``: ``aggregate`` for batch 1 (the kernel is built once), grouped convs and large
         output maps (>= 28x28), ``responses`` elsewhere, where a dense conv over K*O channels
-        beats a grouped conv over B groups of large kernels.
+        beats a grouped conv over B groups of large kernels (REFERENCES.md's measurements);
+      * ``reference``: the usual implementation (per-sample kernels kept by autograd), for
+        benchmarks.
+    ONNX export always takes ``responses``: its graph has no group count tied to the batch
+    size, so the exported model takes any batch.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrPair,
@@ -49,13 +55,16 @@ class DynamicConv2d(MixtureConv2d):
         return torch.softmax(self.kernel_attention(x) / self.temperature, dim=1)
 
     def use_aggregate(self, x: torch.Tensor) -> bool:
+        if torch.onnx.is_in_onnx_export():
+            return False
         if self.path != "auto":
-            return self.path == "aggregate"
+            return self.path in ("aggregate", "reference")
         h, w = self.output_size(x.shape[-2], x.shape[-1])
         return x.shape[0] == 1 or self.groups > 1 or h * w >= 28 * 28
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         attn = self.attention(x)
         if self.use_aggregate(x):
-            return aggregated_conv(x, attn, self.weight, self.bias, *self.conv_args())
+            return aggregated_conv(x, attn, self.weight, self.bias, *self.conv_args(),
+                                   save_kernels=self.path == "reference")
         return mix_responses(conv_responses(x, self.weight, *self.conv_args()), attn, self.bias)

@@ -2,7 +2,7 @@
 
 Two ways to compute a convolution whose kernel is a mixture of K candidate kernels:
 
-* ``aggregated_conv``: build one kernel per sample, ``W_b = sum_k pi_bk W_k``, and run all
+* ``aggregated_conv`` (aggregated_conv.py): build one kernel per sample, ``W_b = sum_k pi_bk W_k``, and run all
   samples as one grouped convolution (groups = B * g). Cheap in FLOPs, but the grouped conv is
   slow when the map is small and the per-sample kernels are large.
 * ``conv_responses`` + a mix: run the K kernels as one dense convolution with K*O output
@@ -57,24 +57,6 @@ def aggregate_kernels(attn: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """sum_k attn_bk W_k as one matrix product: B x K, K x O x ... -> B x O x ..."""
     k = weight.shape[0]
     return (attn @ weight.reshape(k, -1)).reshape(attn.shape[0], *weight.shape[1:])
-
-
-def aggregated_conv(x: torch.Tensor, attn: torch.Tensor, weight: torch.Tensor,
-                    bias: Optional[torch.Tensor], stride, padding, dilation,
-                    groups: int) -> torch.Tensor:
-    """conv(x_b, sum_k attn_bk W_k) + sum_k attn_bk b_k, all samples in one grouped conv."""
-    b, c, h, w = x.shape
-    kernels = aggregate_kernels(attn, weight)
-    o = kernels.shape[1]
-    if b == 1:
-        out = F.conv2d(x, kernels[0], None, stride, padding, dilation, groups)
-    else:
-        out = F.conv2d(x.reshape(1, b * c, h, w), kernels.reshape(b * o, *kernels.shape[2:]),
-                       None, stride, padding, dilation, groups * b)
-        out = out.view(b, o, *out.shape[-2:])
-    if bias is not None:
-        out = out + (attn @ bias.to(attn.dtype)).to(out.dtype)[:, :, None, None]
-    return out
 
 
 def mix_responses(responses: torch.Tensor, attn: torch.Tensor,
