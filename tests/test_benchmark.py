@@ -1,0 +1,38 @@
+"""scripts/benchmark.py runs on CPU with small shapes and reports every conv type vs static."""
+import importlib.util
+import json
+from pathlib import Path
+
+from a2d2c.layers import CONV_TYPES
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_reports_every_conv_type_against_static(tmp_path):
+    bench = load_benchmark()
+    bench.main(["--models", "resnet10", "--layers", "--batch", "2", "--image-size", "16",
+                "--warmup", "1", "--iters", "2", "--dtype", "fp32", "--channels-last",
+                "--reference", "--device", "cpu", "--out", str(tmp_path)])
+    data = json.loads((tmp_path / "bench.json").read_text())
+    rows = data["rows"]
+    assert data["environment"]["device"].startswith("cpu")
+    labels = set(CONV_TYPES) | {"dynamic (reference)"}
+    model_rows = [r for r in rows if r["kind"] == "model"]
+    assert {(r["conv"], r["mode"]) for r in model_rows} == {(c, m) for c in labels for m in ("train", "infer")}
+    layer_names = {r["name"] for r in rows if r["kind"] == "layer"}
+    assert len(layer_names) == len(bench.LAYERS)
+    for r in rows:
+        assert r["step_ms"] > 0 and r["img_per_s"] > 0
+        assert r["speed_vs_static"] is not None
+        if r["conv"] == "static":
+            assert r["speed_vs_static"] == 1.0
+        assert (r["speed_vs_reference"] is not None) == (r["conv"] == "dynamic")
+    table = (tmp_path / "bench.md").read_text()
+    assert "| model | resnet10 | dynamic (reference) | train |" in table
