@@ -33,6 +33,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from a2d2c.layers import CONV_TYPES, create_conv2d  # noqa: E402
+from a2d2c.layers.dynamic_conv import PATHS  # noqa: E402
 from a2d2c.models import build_classifier  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -69,9 +70,12 @@ class Timer:
         return (time.perf_counter() - t0) * 1e3
 
 
-def conv_variants(conv_types, reference: bool):
-    """(label, conv type, options) to time; 'dynamic (reference)' is the peers' implementation."""
+def conv_variants(conv_types, reference: bool, paths=()):
+    """(label, conv type, options) to time; 'dynamic (reference)' is the peers' implementation,
+    'dynamic (PATH)' forces one of DynamicConv2d's computation paths."""
     variants = [(t, t, {}) for t in conv_types]
+    if "dynamic" in conv_types:
+        variants += [(f"dynamic ({p})", "dynamic", {"path": p}) for p in paths]
     if reference and "dynamic" in conv_types:
         variants.append(("dynamic (reference)", "dynamic", {"path": "reference"}))
     return variants
@@ -222,6 +226,8 @@ def parse_args(argv=None):
     p.add_argument("--compile", action="store_true")
     p.add_argument("--reference", action="store_true",
                    help="also time the usual per-sample-kernel grouped-conv implementation")
+    p.add_argument("--paths", nargs="*", default=[], choices=[p for p in PATHS if p != "reference"],
+                   help="also time dynamic convs forced onto these computation paths")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -233,7 +239,7 @@ def main(argv=None) -> list:
     args = parse_args(argv)
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = True
-    variants = conv_variants(args.conv_types, args.reference)
+    variants = conv_variants(args.conv_types, args.reference, args.paths)
     rows = bench_models(args, device, variants)
     if args.layers:
         rows += bench_layers(args, device, variants)

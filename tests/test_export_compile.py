@@ -7,7 +7,7 @@ from a2d2c.models import build_classifier
 from a2d2c.utils.export import export_onnx
 
 LAYER_CASES = [(t, {}) for t in CONV_TYPES] + [("dynamic", {"path": p}) for p in
-                                                ("aggregate", "responses")]
+                                                ("aggregate", "unfold", "responses", "tune")]
 
 
 @pytest.mark.parametrize("conv_type,opts", LAYER_CASES)

@@ -34,7 +34,7 @@ def test_matches_naive_reference(conv_type, grouping, kernel_size, stride, dilat
         assert rel_err(m(x), reference(m, x)) < 1e-10
 
 
-@pytest.mark.parametrize("path", ["aggregate", "responses", "reference"])
+@pytest.mark.parametrize("path", ["aggregate", "unfold", "responses", "reference", "tune"])
 @pytest.mark.parametrize("grouping,stride,batch", itertools.product(GROUPINGS, (1, 2), (1, 3)))
 def test_dynamic_paths_match_reference(path, grouping, stride, batch):
     m = build("dynamic", grouping, stride=stride, path=path).double()
@@ -44,7 +44,7 @@ def test_dynamic_paths_match_reference(path, grouping, stride, batch):
 
 
 @pytest.mark.parametrize("conv_type,opts", [(t, {}) for t in DYNAMIC_TYPES] +
-                         [("dynamic", {"path": "aggregate"})])
+                         [("dynamic", {"path": "aggregate"}), ("dynamic", {"path": "unfold"})])
 @pytest.mark.parametrize("grouping", GROUPINGS)
 def test_gradcheck(conv_type, opts, grouping):
     m = build(conv_type, grouping, num_kernels=2, **opts).double()
@@ -143,9 +143,19 @@ def test_a2d2c_plus_experts_equal_their_full_kernels():
 
 
 def test_dynamic_batch_one_aggregates_the_kernel_once():
-    m = create_conv2d("dynamic", 16, 16, 3)
-    assert m.use_aggregate(torch.randn(1, 16, 7, 7))
-    assert not m.use_aggregate(torch.randn(8, 16, 7, 7))
+    for path in ("auto", "tune", "aggregate"):
+        assert create_conv2d("dynamic", 16, 16, 3, path=path).select_path(torch.randn(1, 16, 7, 7)) == "aggregate"
+    assert create_conv2d("dynamic", 16, 16, 3).select_path(torch.randn(8, 16, 7, 7)) == "responses"
+
+
+def test_tuned_path_is_measured_once_and_cached():
+    from a2d2c.layers.path_tuning import TUNABLE_PATHS, TUNER
+    m = create_conv2d("dynamic", 16, 16, 3, path="tune")
+    x = torch.randn(4, 16, 9, 9)
+    chosen = m.select_path(x)
+    assert chosen in TUNABLE_PATHS
+    assert TUNER.choices[m._tuning_key(x)] == chosen
+    assert m.select_path(x) == chosen
 
 
 def test_options_have_documented_defaults():
@@ -196,12 +206,13 @@ def test_bad_arguments_raise_one_clear_error():
 def test_memory_saving_backward_matches_plain_autograd(grouping):
     # The aggregate path's custom backward against autograd through the kept kernels.
     grads = {}
-    for path in ("aggregate", "reference"):
+    for path in ("aggregate", "unfold", "reference"):
         torch.manual_seed(1)
         m = build("dynamic", grouping, stride=2, path=path).double()
         x = torch.randn(3, m.in_channels, 8, 8, dtype=torch.float64, requires_grad=True)
         out = m(x)
         (out * torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view_as(out)).sum().backward()
         grads[path] = [x.grad] + [p.grad for p in m.parameters()]
-    for a, b in zip(grads["aggregate"], grads["reference"]):
-        assert rel_err(a, b) < 1e-10
+    for path in ("aggregate", "unfold"):
+        for a, b in zip(grads[path], grads["reference"]):
+            assert rel_err(a, b) < 1e-10

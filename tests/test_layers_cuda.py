@@ -9,7 +9,7 @@ from reference_convs import reference
 
 pytestmark = pytest.mark.gpu
 
-CASES = [("dynamic", {"path": p}) for p in ("aggregate", "responses", "reference")] + \
+CASES = [("dynamic", {"path": p}) for p in ("aggregate", "unfold", "responses", "reference", "tune")] + \
         [("a2d2c", {}), ("a2d2c_plus", {})]
 
 
@@ -42,7 +42,7 @@ def test_cuda_bf16_channels_last_train_step(conv_type, opts):
 def test_aggregate_backward_keeps_no_per_sample_kernels():
     # Peak memory of a training step: the recomputing backward against the usual one.
     peaks = {}
-    for path in ("aggregate", "reference"):
+    for path in ("aggregate", "unfold", "reference"):
         torch.manual_seed(0)
         m = create_conv2d("dynamic", 256, 256, 3, path=path).cuda()
         x = torch.randn(64, 256, 14, 14, device="cuda", requires_grad=True)
@@ -53,4 +53,5 @@ def test_aggregate_backward_keeps_no_per_sample_kernels():
         torch.cuda.synchronize()
         peaks[path] = torch.cuda.max_memory_allocated() - base
     kernels_bytes = 64 * 256 * 256 * 9 * 4
-    assert peaks["reference"] - peaks["aggregate"] >= 0.9 * kernels_bytes
+    for path in ("aggregate", "unfold"):
+        assert peaks["reference"] - peaks[path] >= 0.9 * kernels_bytes

@@ -1,4 +1,9 @@
-"""Per-sample aggregated kernels with one grouped conv, without keeping the kernels for backward.
+"""Per-sample aggregated kernels, without keeping the kernels for backward.
+
+Two ways to convolve each sample with its own kernel W_b = sum_k pi_bk W_k:
+  * ``grouped``: all samples as one grouped conv with groups = B * g;
+  * ``unfold``: im2col + one batched matrix product, out_b = W_b @ cols(x_b): static FLOPs on
+    the GEMM units, without the grouped conv's poor kernels for large per-sample weights.
 
 The usual implementation (timm's CondConv2d, DyConv re-implementations) builds
 W_b = sum_k pi_bk W_k for every sample and lets autograd keep those B x O x C/g x kh x kw
@@ -27,7 +32,54 @@ def _grouped_conv(x, kernels, stride, padding, dilation, groups):
     return out.view(b, -1, *out.shape[-2:])
 
 
-class _AggregatedConv(torch.autograd.Function):
+def _unfold_conv(x, kernels, stride, padding, dilation, groups):
+    b, c, h, w = x.shape
+    o, kh, kw = kernels.shape[1], kernels.shape[-2], kernels.shape[-1]
+    cols = F.unfold(x, (kh, kw), dilation=dilation, padding=padding, stride=stride)
+    out = kernels.reshape(b, groups, o // groups, -1) @ cols.view(b, groups, -1, cols.shape[-1])
+    ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    return out.view(b, o, ho, -1)
+
+
+class _UnfoldConv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, attn, weight, stride, padding, dilation, groups):
+        ctx.conv = (stride, padding, dilation, groups)
+        ctx.save_for_backward(x, attn, weight)
+        return _unfold_conv(x, aggregate_kernels(attn, weight), stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, attn, weight = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.conv
+        b, c, h, w = x.shape
+        k, o, kh, kw = weight.shape[0], weight.shape[1], weight.shape[-2], weight.shape[-1]
+        # Recomputed, not kept: the kernels (B x O x C/g x kh x kw) and the columns (kh*kw x x).
+        kernels = aggregate_kernels(attn, weight).reshape(b, groups, o // groups, -1)
+        cols = F.unfold(x, (kh, kw), dilation=dilation, padding=padding, stride=stride)
+        cols = cols.view(b, groups, -1, cols.shape[-1])
+        grad_out = grad_out.reshape(b, groups, o // groups, -1)
+        grad_x = grad_attn = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            grad_cols = (kernels.transpose(-1, -2) @ grad_out).reshape(b, -1, cols.shape[-1])
+            grad_x = F.fold(grad_cols, (h, w), (kh, kw), dilation=dilation, padding=padding,
+                            stride=stride)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            grad_kernels = (grad_out @ cols.transpose(-1, -2)).reshape(b, -1)
+            grad_attn, grad_weight = _mixture_grads(ctx, grad_kernels, attn, weight)
+        return grad_x, grad_attn, grad_weight, None, None, None, None
+
+
+def _mixture_grads(ctx, grad_kernels, attn, weight):
+    """dL/dpi_bk = <dL/dW_b, W_k> and dL/dW_k = sum_b pi_bk dL/dW_b; grad_kernels: B x (O*C/g*kh*kw)."""
+    k = weight.shape[0]
+    grad_attn = grad_kernels @ weight.reshape(k, -1).T if ctx.needs_input_grad[1] else None
+    grad_weight = ((attn.T @ grad_kernels).reshape(weight.shape)
+                   if ctx.needs_input_grad[2] else None)
+    return grad_attn, grad_weight
+
+
+class _GroupedConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, attn, weight, stride, padding, dilation, groups):
         ctx.conv = (stride, padding, dilation, groups)
@@ -39,7 +91,6 @@ class _AggregatedConv(torch.autograd.Function):
         x, attn, weight = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.conv
         b, c, h, w = x.shape
-        k = weight.shape[0]
         kernels = aggregate_kernels(attn, weight)
         need_x, need_attn, need_weight = ctx.needs_input_grad[:3]
         grad_x, grad_kernels, _ = torch.ops.aten.convolution_backward(
@@ -48,11 +99,7 @@ class _AggregatedConv(torch.autograd.Function):
             (0, 0), groups * b, (need_x, need_attn or need_weight, False))
         grad_attn = grad_weight = None
         if grad_kernels is not None:
-            grad_kernels = grad_kernels.reshape(b, -1)
-            if need_attn:
-                grad_attn = grad_kernels @ weight.reshape(k, -1).T
-            if need_weight:
-                grad_weight = (attn.T @ grad_kernels).reshape(weight.shape)
+            grad_attn, grad_weight = _mixture_grads(ctx, grad_kernels.reshape(b, -1), attn, weight)
         if grad_x is not None:
             grad_x = grad_x.reshape(x.shape)
         return grad_x, grad_attn, grad_weight, None, None, None, None
@@ -64,27 +111,32 @@ def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
     return None
 
 
+_METHODS = {"grouped": (_grouped_conv, _GroupedConv), "unfold": (_unfold_conv, _UnfoldConv)}
+
+
 def aggregated_conv(x: torch.Tensor, attn: torch.Tensor, weight: torch.Tensor,
                     bias: Optional[torch.Tensor], stride, padding, dilation, groups: int,
-                    save_kernels: bool = False) -> torch.Tensor:
-    """conv(x_b, sum_k attn_bk W_k) + sum_k attn_bk b_k, all samples in one grouped conv.
+                    method: str = "grouped", save_kernels: bool = False) -> torch.Tensor:
+    """conv(x_b, sum_k attn_bk W_k) + sum_k attn_bk b_k for every sample b.
 
+    ``method``: "grouped" (one grouped conv) or "unfold" (im2col + batched matmul).
     ``save_kernels=True`` is the plain autograd version that keeps the per-sample kernels
     (the peers' implementation, for benchmarks). At batch 1 the kernel is built once and used
     in an ordinary conv.
     """
     b = x.shape[0]
+    plain, recomputing = _METHODS[method]
     if b == 1 or save_kernels or not torch.is_grad_enabled():
         kernels = aggregate_kernels(attn, weight)
         out = (F.conv2d(x, kernels[0], None, stride, padding, dilation, groups) if b == 1
-               else _grouped_conv(x, kernels, stride, padding, dilation, groups))
+               else plain(x, kernels, stride, padding, dilation, groups))
     else:
         # autograd.Function does not see autocast; cast the inputs as autocast would.
         dtype = _autocast_dtype(x.device.type)
         if dtype is not None:
             x, attn, weight = x.to(dtype), attn.to(dtype), weight.to(dtype)
         with torch.autocast(x.device.type, enabled=False):
-            out = _AggregatedConv.apply(x, attn, weight, stride, padding, dilation, groups)
+            out = recomputing.apply(x, attn, weight, stride, padding, dilation, groups)
     if bias is not None:
         out = out + (attn @ bias.to(attn.dtype)).to(out.dtype)[:, :, None, None]
     return out

@@ -10,24 +10,26 @@ from .aggregated_conv import aggregated_conv
 from .functional import conv_responses, mix_responses
 from .kernel_attention import KernelAttention
 from .mixture_conv import IntOrPair, MixtureConv2d, init_like_conv2d_
+from .path_tuning import TUNER, default_path
 
-PATHS = ("auto", "aggregate", "responses", "reference")
+PATHS = ("auto", "tune", "aggregate", "unfold", "responses", "reference")
 
 
 class DynamicConv2d(MixtureConv2d):
     """y_b = conv(x_b, sum_k pi_bk W_k) + sum_k pi_bk b_k, pi = softmax(logits(x) / tau).
 
-    ``path`` picks how that is computed (same function either way):
+    ``path`` picks how that is computed (the same function every way):
       * ``aggregate``: per-sample kernels and one grouped conv (DyConv's canonical form), with
         a backward that recomputes the kernels instead of keeping them;
+      * ``unfold``: per-sample kernels applied by im2col + batched matmul, same backward trick;
       * ``responses``: K responses in one dense conv, then mixed;
-      * ``auto``: ``aggregate`` for batch 1 (the kernel is built once), grouped convs and large
-        output maps (>= 28x28), ``responses`` elsewhere, where a dense conv over K*O channels
-        beats a grouped conv over B groups of large kernels (REFERENCES.md's measurements);
-      * ``reference``: the usual implementation (per-sample kernels kept by autograd), for
-        benchmarks.
-    ONNX export always takes ``responses``: its graph has no group count tied to the batch
-    size, so the exported model takes any batch.
+      * ``auto``: ``path_tuning.default_path``, a rule from measured GPU timings;
+      * ``tune``: time aggregate / unfold / responses the first time a shape is met and keep
+        the fastest (falls back to ``auto`` inside torch.compile);
+      * ``reference``: the usual implementation (per-sample kernels kept by autograd, grouped
+        conv), for benchmarks.
+    Batch 1 always aggregates the kernel once. ONNX export always takes ``responses``: its graph
+    has no group count tied to the batch size, so the exported model takes any batch.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrPair,
@@ -54,17 +56,40 @@ class DynamicConv2d(MixtureConv2d):
         """pi: B x K."""
         return torch.softmax(self.kernel_attention(x) / self.temperature, dim=1)
 
-    def use_aggregate(self, x: torch.Tensor) -> bool:
+    def select_path(self, x: torch.Tensor) -> str:
         if torch.onnx.is_in_onnx_export():
-            return False
-        if self.path != "auto":
-            return self.path in ("aggregate", "reference")
+            return "responses"
+        if self.path not in ("auto", "tune"):
+            return self.path
         h, w = self.output_size(x.shape[-2], x.shape[-1])
-        return x.shape[0] == 1 or self.groups > 1 or h * w >= 28 * 28
+        rule = default_path(x.shape[0], h * w, self.groups)
+        if self.path == "auto" or x.shape[0] == 1 or torch.compiler.is_compiling():
+            return rule
+        return TUNER.choose(self._tuning_key(x), lambda p: self._time_path(p, x), x.device)
+
+    def _tuning_key(self, x: torch.Tensor):
+        autocast = torch.get_autocast_dtype(x.device.type) \
+            if torch.is_autocast_enabled(x.device.type) else None
+        return (tuple(x.shape), x.dtype, str(x.device), autocast, torch.is_grad_enabled(),
+                x.is_contiguous(memory_format=torch.channels_last), self.out_channels,
+                self.kernel_size, self.stride, self.padding, self.dilation, self.groups,
+                self.num_kernels)
+
+    def _time_path(self, path: str, x: torch.Tensor) -> None:
+        """One forward (and backward, when training) of ``path``, for the tuner."""
+        x = x.detach().requires_grad_(torch.is_grad_enabled())
+        attn = self.attention(x.detach()).detach().requires_grad_(torch.is_grad_enabled())
+        out = self._compute(path, x, attn)
+        if torch.is_grad_enabled():
+            torch.autograd.grad(out, (x, attn, self.weight), torch.ones_like(out))
+
+    def _compute(self, path: str, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        if path == "responses":
+            return mix_responses(conv_responses(x, self.weight, *self.conv_args()), attn,
+                                 self.bias)
+        return aggregated_conv(x, attn, self.weight, self.bias, *self.conv_args(),
+                               method="unfold" if path == "unfold" else "grouped",
+                               save_kernels=path == "reference")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        attn = self.attention(x)
-        if self.use_aggregate(x):
-            return aggregated_conv(x, attn, self.weight, self.bias, *self.conv_args(),
-                                   save_kernels=self.path == "reference")
-        return mix_responses(conv_responses(x, self.weight, *self.conv_args()), attn, self.bias)
+        return self._compute(self.select_path(x), x, self.attention(x))
