@@ -41,77 +41,70 @@ def _unfold_conv(x, kernels, stride, padding, dilation, groups):
     return out.view(b, o, ho, -1)
 
 
-class _UnfoldConv(torch.autograd.Function):
+def _unfold_backward(grad_out, x, kernels, stride, padding, dilation, groups, needs):
+    b, c, h, w = x.shape
+    o, kh, kw = kernels.shape[1], kernels.shape[-2], kernels.shape[-1]
+    cols = F.unfold(x, (kh, kw), dilation=dilation, padding=padding, stride=stride)
+    cols = cols.view(b, groups, -1, cols.shape[-1])
+    kernels = kernels.reshape(b, groups, o // groups, -1)
+    grad_out = grad_out.reshape(b, groups, o // groups, -1)
+    grad_x = grad_kernels = None
+    if needs[0]:
+        grad_cols = (kernels.transpose(-1, -2) @ grad_out).reshape(b, -1, cols.shape[-1])
+        grad_x = F.fold(grad_cols, (h, w), (kh, kw), dilation=dilation, padding=padding,
+                        stride=stride)
+    if needs[1]:
+        grad_kernels = grad_out @ cols.transpose(-1, -2)
+    return grad_x, grad_kernels
+
+
+def _grouped_backward(grad_out, x, kernels, stride, padding, dilation, groups, needs):
+    b, c, h, w = x.shape
+    grad_x, grad_kernels, _ = torch.ops.aten.convolution_backward(
+        grad_out.reshape(1, -1, *grad_out.shape[-2:]), x.reshape(1, b * c, h, w),
+        kernels.reshape(-1, *kernels.shape[2:]), None, stride, padding, dilation, False,
+        (0, 0), groups * b, (needs[0], needs[1], False))
+    return (None if grad_x is None else grad_x.reshape(x.shape)), grad_kernels
+
+
+_METHODS = {"grouped": (_grouped_conv, _grouped_backward),
+            "unfold": (_unfold_conv, _unfold_backward)}
+
+
+class _PerSampleConv(torch.autograd.Function):
+    """Per-sample kernels whose backward recomputes them (and, for unfold, the columns)."""
+
     @staticmethod
-    def forward(ctx, x, attn, weight, stride, padding, dilation, groups):
+    def forward(ctx, x, attn, weight, stride, padding, dilation, groups, method):
         ctx.conv = (stride, padding, dilation, groups)
+        ctx.method = method
         ctx.save_for_backward(x, attn, weight)
-        return _unfold_conv(x, aggregate_kernels(attn, weight), stride, padding, dilation, groups)
+        conv = _METHODS[method][0]
+        return conv(x, aggregate_kernels(attn, weight), stride, padding, dilation, groups)
 
     @staticmethod
     def backward(ctx, grad_out):
         x, attn, weight = ctx.saved_tensors
-        stride, padding, dilation, groups = ctx.conv
-        b, c, h, w = x.shape
-        k, o, kh, kw = weight.shape[0], weight.shape[1], weight.shape[-2], weight.shape[-1]
-        # Recomputed, not kept: the kernels (B x O x C/g x kh x kw) and the columns (kh*kw x x).
-        kernels = aggregate_kernels(attn, weight).reshape(b, groups, o // groups, -1)
-        cols = F.unfold(x, (kh, kw), dilation=dilation, padding=padding, stride=stride)
-        cols = cols.view(b, groups, -1, cols.shape[-1])
-        grad_out = grad_out.reshape(b, groups, o // groups, -1)
-        grad_x = grad_attn = grad_weight = None
-        if ctx.needs_input_grad[0]:
-            grad_cols = (kernels.transpose(-1, -2) @ grad_out).reshape(b, -1, cols.shape[-1])
-            grad_x = F.fold(grad_cols, (h, w), (kh, kw), dilation=dilation, padding=padding,
-                            stride=stride)
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            grad_kernels = (grad_out @ cols.transpose(-1, -2)).reshape(b, -1)
-            grad_attn, grad_weight = _mixture_grads(ctx, grad_kernels, attn, weight)
-        return grad_x, grad_attn, grad_weight, None, None, None, None
-
-
-def _mixture_grads(ctx, grad_kernels, attn, weight):
-    """dL/dpi_bk = <dL/dW_b, W_k> and dL/dW_k = sum_b pi_bk dL/dW_b; grad_kernels: B x (O*C/g*kh*kw)."""
-    k = weight.shape[0]
-    grad_attn = grad_kernels @ weight.reshape(k, -1).T if ctx.needs_input_grad[1] else None
-    grad_weight = ((attn.T @ grad_kernels).reshape(weight.shape)
-                   if ctx.needs_input_grad[2] else None)
-    return grad_attn, grad_weight
-
-
-class _GroupedConv(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, attn, weight, stride, padding, dilation, groups):
-        ctx.conv = (stride, padding, dilation, groups)
-        ctx.save_for_backward(x, attn, weight)
-        return _grouped_conv(x, aggregate_kernels(attn, weight), stride, padding, dilation, groups)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, attn, weight = ctx.saved_tensors
-        stride, padding, dilation, groups = ctx.conv
-        b, c, h, w = x.shape
-        kernels = aggregate_kernels(attn, weight)
         need_x, need_attn, need_weight = ctx.needs_input_grad[:3]
-        grad_x, grad_kernels, _ = torch.ops.aten.convolution_backward(
-            grad_out.reshape(1, -1, *grad_out.shape[-2:]), x.reshape(1, b * c, h, w),
-            kernels.reshape(-1, *kernels.shape[2:]), None, stride, padding, dilation, False,
-            (0, 0), groups * b, (need_x, need_attn or need_weight, False))
+        backward = _METHODS[ctx.method][1]
+        grad_x, grad_kernels = backward(grad_out, x, aggregate_kernels(attn, weight), *ctx.conv,
+                                        (need_x, need_attn or need_weight))
         grad_attn = grad_weight = None
         if grad_kernels is not None:
-            grad_attn, grad_weight = _mixture_grads(ctx, grad_kernels.reshape(b, -1), attn, weight)
-        if grad_x is not None:
-            grad_x = grad_x.reshape(x.shape)
-        return grad_x, grad_attn, grad_weight, None, None, None, None
+            # dL/dpi_bk = <dL/dW_b, W_k>,  dL/dW_k = sum_b pi_bk dL/dW_b
+            grad_kernels = grad_kernels.reshape(x.shape[0], -1)
+            k = weight.shape[0]
+            if need_attn:
+                grad_attn = grad_kernels @ weight.reshape(k, -1).T
+            if need_weight:
+                grad_weight = (attn.T @ grad_kernels).reshape(weight.shape)
+        return grad_x, grad_attn, grad_weight, None, None, None, None, None
 
 
 def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
     if torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     return None
-
-
-_METHODS = {"grouped": (_grouped_conv, _GroupedConv), "unfold": (_unfold_conv, _UnfoldConv)}
 
 
 def aggregated_conv(x: torch.Tensor, attn: torch.Tensor, weight: torch.Tensor,
@@ -125,7 +118,7 @@ def aggregated_conv(x: torch.Tensor, attn: torch.Tensor, weight: torch.Tensor,
     in an ordinary conv.
     """
     b = x.shape[0]
-    plain, recomputing = _METHODS[method]
+    plain = _METHODS[method][0]
     if b == 1 or save_kernels or not torch.is_grad_enabled():
         kernels = aggregate_kernels(attn, weight)
         out = (F.conv2d(x, kernels[0], None, stride, padding, dilation, groups) if b == 1
@@ -136,7 +129,7 @@ def aggregated_conv(x: torch.Tensor, attn: torch.Tensor, weight: torch.Tensor,
         if dtype is not None:
             x, attn, weight = x.to(dtype), attn.to(dtype), weight.to(dtype)
         with torch.autocast(x.device.type, enabled=False):
-            out = recomputing.apply(x, attn, weight, stride, padding, dilation, groups)
+            out = _PerSampleConv.apply(x, attn, weight, stride, padding, dilation, groups, method)
     if bias is not None:
         out = out + (attn @ bias.to(attn.dtype)).to(out.dtype)[:, :, None, None]
     return out
