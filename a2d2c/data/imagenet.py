@@ -1,0 +1,29 @@
+"""ImageNet-1k as an ImageFolder tree: `<root>/train/<wnid>/*.JPEG` and `<root>/val/<wnid>/*.JPEG`."""
+from pathlib import Path
+
+import torch
+from torchvision import datasets
+from torchvision.transforms import v2
+
+from a2d2c.utils.errors import ConfigError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def imagenet_transforms(train: bool, image_size: int = 224, resize_size: int = 256):
+    """The standard recipe: RandomResizedCrop + flip for training; resize-256 / center-crop-224 for eval."""
+    if train:
+        spatial = [v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip()]
+    else:
+        spatial = [v2.Resize(resize_size, antialias=True), v2.CenterCrop(image_size)]
+    return v2.Compose([v2.ToImage(), *spatial, v2.ToDtype(torch.float32, scale=True),
+                       v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def build_imagenet(root: str, split: str = "train", image_size: int = 224, resize_size: int = 256):
+    folder = Path(root).expanduser() / split
+    if not folder.is_dir() or not any(p.is_dir() for p in folder.iterdir()):
+        raise ConfigError(f"ImageNet {split} split not found: {folder} has no class folders; set dataset.root to a "
+                          f"folder with train/ and val/ in ImageFolder layout (val sorted into class folders)")
+    return datasets.ImageFolder(str(folder), transform=imagenet_transforms(split == "train", image_size, resize_size))

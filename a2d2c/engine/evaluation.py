@@ -1,0 +1,66 @@
+"""Evaluate a checkpoint on its dataset's test/val split, with the config the run saved in it."""
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from a2d2c.data import build_eval_loader
+from a2d2c.engine.trainer import amp_dtype_from_config
+from a2d2c.layers import set_temperature
+from a2d2c.utils import checkpoint as ckpt
+from a2d2c.utils.distributed import DistInfo, resolve_device
+from a2d2c.utils.errors import ConfigError
+
+
+def evaluate_checkpoint(path, ema: bool = False, device: str = "auto", batch_size=None, dataset_overrides=None) -> dict:
+    """Rebuild the run's model and eval data, load the weights and score them as the Trainer did.
+
+    Same τ, precision, memory format and batch size as the run, so the accuracy it recorded is
+    reproduced exactly. `dataset_overrides` (e.g. {"root": ...}) change where the data is read.
+    """
+    path = Path(path)
+    state = ckpt.load_checkpoint(path)
+    cfg = OmegaConf.create(state.get("config_unresolved", state["config"]))
+    for key, value in (dataset_overrides or {}).items():
+        if value is not None:
+            cfg.dataset[key] = value
+
+    task = instantiate(cfg.task)
+    model = task.build_model()
+    if ema:
+        if not state.get("ema"):
+            raise ConfigError(f"{path} has no EMA weights (the run had trainer.ema.enabled=false); drop ema=true")
+        # ModelEmaV3 keeps the averaged model under `module.`
+        weights = {k.removeprefix("module."): v for k, v in state["ema"].items()}
+    else:
+        weights = state["model"]
+    ckpt.load_weights(model, weights, path)
+    if state.get("temperature") is not None:
+        set_temperature(model, state["temperature"])
+
+    device = resolve_device(device)
+    memory_format = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format).eval()
+    if cfg.trainer.compile:
+        model = torch.compile(model)
+    dataset = instantiate(cfg.dataset.eval)
+    eval_batch = batch_size or cfg.trainer.eval_batch_size or cfg.trainer.batch_size
+    loader = build_eval_loader(dataset, eval_batch, DistInfo(), cfg.dataset.num_workers, device.type == "cuda", task.collate_fn)
+    metrics = task.evaluate(model, loader, device, amp_dtype_from_config(cfg.trainer.amp), memory_format)
+
+    split = cfg.dataset.eval_split
+    recorded = state.get("metrics", {})
+    prefix = f"{split}_ema" if ema else split
+    return {
+        "checkpoint": str(path),
+        "epoch": state["epoch"],
+        "split": split,
+        "weights": "ema" if ema else "model",
+        "metrics": metrics,
+        "recorded": {k.split("/", 1)[1]: v for k, v in recorded.items() if k.startswith(prefix + "/")},
+        "backbone": cfg.backbone.name,
+        "conv": cfg.conv.type,
+        "dataset": cfg.dataset.name,
+        "device": str(device),
+    }

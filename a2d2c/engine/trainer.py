@@ -1,0 +1,347 @@
+"""The training loop: one Trainer for every task.
+
+The Trainer owns what is the same for every task — devices and DDP, precision, the optimizer,
+LR and temperature schedules, EMA, checkpoints, logging. The task (see classification.py)
+owns the model, the loss and the evaluation.
+"""
+import copy
+import json
+import logging
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from timm.utils import ModelEmaV3, random_seed
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from a2d2c.data import build_eval_loader, build_train_loader
+from a2d2c.layers import annealed_temperature, set_temperature
+from a2d2c.utils import checkpoint as ckpt
+from a2d2c.utils import distributed
+from a2d2c.utils.complexity import count_complexity
+from a2d2c.utils.errors import ConfigError
+from a2d2c.utils.meters import MetricLogger, SmoothedValue
+from a2d2c.utils.tracking import JsonlWriter
+
+log = logging.getLogger(__name__)
+
+AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def amp_dtype_from_config(amp):
+    if amp not in AMP_DTYPES:
+        raise ConfigError(f"trainer.amp={amp!r} is not valid; use null (fp32), bf16 or fp16")
+    return AMP_DTYPES[amp]
+
+
+class Trainer:
+    def __init__(self, cfg: DictConfig, output_dir):
+        self.cfg = cfg
+        tcfg = cfg.trainer
+        self.output_dir = Path(output_dir)
+        self.dist = distributed.init_distributed(tcfg.device)
+        self.device = distributed.resolve_device(tcfg.device, self.dist.local_rank)
+        if not self.dist.is_main:
+            logging.getLogger().setLevel(logging.WARNING)  # rank 0 speaks for the job
+        random_seed(cfg.seed, self.dist.rank)
+        if tcfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = not tcfg.deterministic
+        self.amp_dtype = amp_dtype_from_config(tcfg.amp)
+        self.memory_format = torch.channels_last if tcfg.channels_last else torch.contiguous_format
+        self.accum_steps = tcfg.accum_steps
+        self.eval_split = cfg.dataset.eval_split
+
+        self.task = instantiate(cfg.task)
+        self.monitor = f"{self.eval_split}/{tcfg.monitor or self.task.primary_metric}"
+        model = self.task.build_model()
+        # Counted on a copy at batch size 1, so the run's own model and RNG stream are untouched.
+        self.complexity = count_complexity(copy.deepcopy(model).eval(), self.task.input_size(cfg.dataset.image_size))
+        self.model = model.to(self.device, memory_format=self.memory_format)
+        self.ema = ModelEmaV3(self.model, decay=tcfg.ema.decay, use_warmup=tcfg.ema.use_warmup) if tcfg.ema.enabled else None
+        self.optimizer = instantiate(cfg.optimizer)(params=self.model.parameters())
+        # timm schedulers in epoch units, stepped every update with the fractional epoch.
+        self.scheduler = instantiate(cfg.scheduler)(optimizer=self.optimizer)
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype is torch.float16 else None
+        # τ annealing needs dynamic layers; a static model has none and gets no τ at all.
+        anneal = tcfg.temperature
+        self.anneal = anneal if anneal is not None and set_temperature(self.model, anneal.start) > 0 else None
+        self._build_loaders()
+
+        # Evaluation bypasses DDP (each rank scores its own shard); training goes through it.
+        self.eval_model = torch.compile(self.model) if tcfg.compile else self.model
+        if self.dist.world_size > 1:
+            ddp = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self.train_model = torch.compile(ddp) if tcfg.compile else ddp
+        else:
+            self.train_model = self.eval_model
+
+        self.epoch = 0  # epochs completed
+        self.step = 0  # optimizer updates completed
+        self.tau = None
+        self.best = None
+        self.wall_time_s = 0.0
+        self.tracker_id = None
+        self.last_metrics = {}
+        self.train_samples, self.train_time_s = 0, 0.0
+        if tcfg.resume:
+            self._resume(tcfg.resume)
+        self._open_trackers()
+
+    # ----------------------------------------------------------------------------------- setup
+    def _build_loaders(self):
+        tcfg, dcfg, world = self.cfg.trainer, self.cfg.dataset, self.dist.world_size
+        if tcfg.batch_size % (world * self.accum_steps):
+            raise ConfigError(f"trainer.batch_size={tcfg.batch_size} (the batch of one optimizer step) must divide by "
+                              f"world size × trainer.accum_steps = {world} × {self.accum_steps}")
+        pin = self.device.type == "cuda"
+        collate = self.task.collate_fn
+        train_set = instantiate(dcfg.train)
+        self.train_loader = build_train_loader(train_set, tcfg.batch_size // (world * self.accum_steps), self.dist,
+                                               self.cfg.seed, dcfg.num_workers, pin, collate)
+        self.updates_per_epoch = len(self.train_loader) // self.accum_steps
+        if self.updates_per_epoch == 0:
+            raise ConfigError(f"trainer.batch_size={tcfg.batch_size} is larger than the {len(train_set)} training samples; lower it")
+        eval_batch = max(1, (tcfg.eval_batch_size or tcfg.batch_size) // world)
+        self.eval_loader = build_eval_loader(instantiate(dcfg.eval), eval_batch, self.dist, dcfg.num_workers, pin, collate)
+
+    def _resume(self, resume):
+        path = self.output_dir / "checkpoints" / "last.pt" if resume == "auto" else Path(resume)
+        if resume == "auto" and not path.is_file():
+            log.info("trainer.resume=auto: no %s yet, starting from scratch", path)
+            return
+        state = ckpt.load_checkpoint(path)
+        ckpt.check_same_model(state["config"], self.cfg, path)
+        ckpt.load_weights(self.model, state["model"], path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("ema"):
+            self.ema.load_state_dict(state["ema"])
+        self.epoch, self.step, self.best = state["epoch"], state["step"], state["best"]
+        self.last_metrics = state["metrics"]
+        self.wall_time_s = state.get("wall_time_s", 0.0)
+        self.tracker_id = state.get("wandb_run_id")
+        if state.get("temperature") is not None:
+            self._set_temperature(state["temperature"])
+        rng = state["rng"]
+        ckpt.restore_rng_state(rng[self.dist.rank] if self.dist.rank < len(rng) else rng[0])
+        log.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.step)
+
+    def _open_trackers(self):
+        self.metrics_file, self.tracker = None, None
+        if not self.dist.is_main:
+            return
+        self.metrics_file = JsonlWriter(self.output_dir / "metrics.jsonl")
+        if self.cfg.logger is not None:
+            resolved = OmegaConf.to_container(self.cfg, resolve=True)
+            # Through a partial, so the config dict reaches wandb as plain data, not as nodes to instantiate.
+            make_tracker = instantiate(self.cfg.logger, _partial_=True)
+            self.tracker = make_tracker(dir=str(self.output_dir), run_config=resolved, run_id=self.tracker_id)
+            self.tracker_id = self.tracker.run_id
+
+    def _log(self, record: dict):
+        if self.metrics_file is not None:
+            self.metrics_file.write(record)
+        if self.tracker is not None:
+            self.tracker.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
+
+    # ------------------------------------------------------------------------------------ loop
+    def fit(self) -> dict:
+        epochs = self.cfg.trainer.epochs
+        log.info("%s/%s on %s: %.2fM params, %.1fM MAdds; %d updates/epoch on %s (world size %d)",
+                 self.cfg.backbone.name, self.cfg.conv.type, self.cfg.dataset.name, self.complexity["params"] / 1e6,
+                 self.complexity["macs"] / 1e6, self.updates_per_epoch, self.device, self.dist.world_size)
+        start = time.perf_counter()
+        wall_before = self.wall_time_s
+        metrics = self.last_metrics
+        try:
+            while self.epoch < epochs:
+                train_metrics = self.train_one_epoch(self.epoch)
+                eval_metrics, eval_time = self._timed(self.evaluate)
+                self.epoch += 1
+                self.wall_time_s = wall_before + time.perf_counter() - start
+                metrics = {"epoch": self.epoch, "step": self.step, **train_metrics, **eval_metrics,
+                           "eval_img_per_s": eval_metrics[f"{self.eval_split}/samples"] / eval_time}
+                is_best = self._update_best(metrics)
+                self._log(metrics)
+                self.save_checkpoint(metrics, is_best)
+                log.info("epoch %d/%d  train loss %.4f  %s %.2f (best %.2f @ %d)  lr %.3g  tau %s  %.0fs",
+                         self.epoch, epochs, train_metrics["train/loss"], self.monitor, metrics[self.monitor],
+                         self.best[self.monitor], self.best["epoch"], train_metrics["lr"],
+                         "-" if self.tau is None else f"{self.tau:.2f}", self.wall_time_s)
+            return self._write_results(metrics)
+        finally:
+            self._close()
+
+    def train_one_epoch(self, epoch: int) -> dict:
+        self.train_model.train()
+        self.train_loader.sampler.set_epoch(epoch)
+        meters = MetricLogger()
+        meters.add_meter("lr", SmoothedValue(1, "{value:.3g}"))
+        meters.add_meter("img/s", SmoothedValue(10, "{avg:.0f}"))
+        micro_batches = self.updates_per_epoch * self.accum_steps  # an incomplete accumulation group is dropped
+        bar = tqdm(total=micro_batches, desc=f"epoch {epoch + 1}/{self.cfg.trainer.epochs}", unit="it",
+                   disable=not (self.dist.is_main and self.cfg.trainer.progress_bar), dynamic_ncols=True, leave=False)
+        tic = epoch_start = time.perf_counter()
+        samples = 0
+        for i, batch in enumerate(self.train_loader):
+            if i == micro_batches:
+                break
+            update_in_epoch, micro = divmod(i, self.accum_steps)
+            if micro == 0:
+                self._apply_schedules(epoch + update_in_epoch / self.updates_per_epoch)
+            batch = self.task.move_batch(batch, self.device, self.memory_format)
+            is_last_micro = micro == self.accum_steps - 1
+            # DDP: reduce gradients only on the last micro-batch of an accumulation group.
+            sync = nullcontext() if is_last_micro or self.dist.world_size == 1 else self.train_model.no_sync()
+            with sync:
+                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                    loss, step_metrics = self.task.training_step(self.train_model, batch)
+                if not math.isfinite(loss.item()):
+                    raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {self.step}; "
+                                             f"lower optimizer.lr or enable trainer.clip_grad_norm")
+                loss = loss / self.accum_steps
+                (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+            if is_last_micro:
+                self._optimizer_step()
+            batch_size = self.task.batch_size(batch) * self.dist.world_size
+            samples += batch_size
+            toc = time.perf_counter()
+            meters.update(n=batch_size, **{f"train/{k}": v for k, v in step_metrics.items()})
+            meters.update(lr=self.optimizer.param_groups[0]["lr"], **{"img/s": batch_size / (toc - tic)})
+            tic = toc
+            bar.update()
+            if (i + 1) % self.cfg.trainer.log_every == 0 or i + 1 == micro_batches:
+                bar.set_postfix_str(str(meters), refresh=False)
+                if is_last_micro:
+                    self._log({"step": self.step, "epoch": epoch + update_in_epoch / self.updates_per_epoch,
+                               "train/loss": meters.meters["train/loss"].avg, "lr": meters.meters["lr"].value,
+                               "train/img_per_s": meters.meters["img/s"].avg,
+                               **({"temperature": self.tau} if self.tau is not None else {})})
+        bar.close()
+        elapsed = time.perf_counter() - epoch_start
+        self.train_samples += samples
+        self.train_time_s += elapsed
+        meters.synchronize_between_processes()
+        averages = meters.global_averages()
+        return {"train/loss": averages["train/loss"], "lr": self.optimizer.param_groups[0]["lr"],
+                "train_img_per_s": samples / elapsed, **({"temperature": self.tau} if self.tau is not None else {})}
+
+    def _apply_schedules(self, epoch: float):
+        self.scheduler.step(epoch)
+        anneal = self.anneal
+        if anneal is not None:
+            self._set_temperature(annealed_temperature(self.step, round(anneal.epochs * self.updates_per_epoch),
+                                                       anneal.start, anneal.end))
+
+    def _set_temperature(self, tau: float):
+        # τ is a plain attribute, not a buffer: the EMA copy does not inherit it and needs it set too.
+        self.tau = tau
+        set_temperature(self.model, tau)
+        if self.ema is not None:
+            set_temperature(self.ema.module, tau)
+
+    def _optimizer_step(self):
+        clip = self.cfg.trainer.clip_grad_norm
+        if self.scaler is not None:
+            if clip:
+                self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            if clip:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.step)
+
+    def evaluate(self) -> dict:
+        split = self.eval_split
+        results = self.task.evaluate(self.eval_model, self.eval_loader, self.device, self.amp_dtype, self.memory_format)
+        metrics = {f"{split}/{k}": v for k, v in results.items()}
+        if self.ema is not None:
+            ema_results = self.task.evaluate(self.ema.module, self.eval_loader, self.device, self.amp_dtype, self.memory_format)
+            metrics.update({f"{split}_ema/{k}": v for k, v in ema_results.items()})
+        return metrics
+
+    @staticmethod
+    def _timed(fn):
+        start = time.perf_counter()
+        out = fn()
+        return out, time.perf_counter() - start
+
+    def _update_best(self, metrics: dict) -> bool:
+        key = self.monitor
+        if self.best is None or metrics[key] > self.best[key]:
+            self.best = dict(metrics)
+            return True
+        return False
+
+    # ------------------------------------------------------------------------- checkpoints, results
+    def save_checkpoint(self, metrics: dict, is_best: bool):
+        # Every rank's RNG state, so each rank resumes its own random stream.
+        rng = distributed.all_gather_object(ckpt.capture_rng_state())
+        if not self.dist.is_main:
+            return
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "epoch": self.epoch,
+            "step": self.step,
+            "temperature": self.tau,
+            "metrics": metrics,
+            "best": self.best,
+            "wall_time_s": self.wall_time_s,
+            "rng": rng,
+            "wandb_run_id": self.tracker_id,
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
+            # With interpolations kept, so eval.py can re-derive paths after e.g. `dataset.root=...`.
+            "config_unresolved": OmegaConf.to_container(self.cfg, resolve=False),
+            "complexity": self.complexity,
+        }
+        directory = self.output_dir / "checkpoints"
+        last = ckpt.save_checkpoint(state, directory / "last.pt")
+        if is_best:
+            ckpt.copy_checkpoint(last, directory / "best.pt")
+
+    def _write_results(self, final: dict) -> dict:
+        results = {
+            "final": final,
+            "best": self.best,
+            "params": self.complexity["params"],
+            "macs": self.complexity["macs"],
+            "throughput": {"train_img_per_s": self.train_samples / self.train_time_s if self.train_time_s else None,
+                           "eval_img_per_s": final.get("eval_img_per_s")},
+            "wall_time_s": self.wall_time_s,
+            "device": str(self.device),
+            "world_size": self.dist.world_size,
+            "checkpoints": {name: str(self.output_dir / "checkpoints" / f"{name}.pt") for name in ("last", "best")},
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
+        }
+        if self.dist.is_main:
+            with open(self.output_dir / "results.json", "w") as f:
+                json.dump(results, f, indent=2)
+            if self.tracker is not None:
+                self.tracker.summary({f"best/{k}": v for k, v in (self.best or {}).items()}
+                                     | {"params": results["params"], "macs": results["macs"]})
+        return results
+
+    def _close(self):
+        if self.metrics_file is not None:
+            self.metrics_file.close()
+        if self.tracker is not None:
+            self.tracker.finish()
+        distributed.cleanup()
