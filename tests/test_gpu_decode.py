@@ -68,3 +68,24 @@ def test_data_benchmark_runs_on_cpu(tmp_path):
                          "--out", str(tmp_path)])
     assert result["cpu_dataloader"]["images"] == 6 and result["device_decode"]["images"] == 6
     assert (tmp_path / "data_bench.json").exists()
+
+
+@pytest.mark.parametrize("decode", ["cpu", "gpu"])
+def test_imagenet_training_with_either_decode_path(tmp_path, decode):
+    """dataset=imagenet on an ImageFolder of JPEGs, both pipelines, through the real Trainer."""
+    from a2d2c.engine import Trainer
+    from train_utils import QUIET, compose_config
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for cls in ("n01", "n02"):
+            (tmp_path / "imagenet" / split / cls).mkdir(parents=True)
+            for i in range(4):
+                Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(
+                    tmp_path / "imagenet" / split / cls / f"{i}.JPEG", quality=90)
+    cfg = compose_config(*QUIET, "dataset=imagenet", f"dataset.root={tmp_path / 'imagenet'}",
+                         f"dataset.decode={decode}", "dataset.image_size=16", "dataset.resize_size=20",
+                         "dataset.stem=cifar", "dataset.num_classes=2", "dataset.num_workers=0",
+                         "backbone=mobilenetv2_x0_35", "conv=dynamic", "trainer.batch_size=4",
+                         "trainer.epochs=1", "trainer.device=cpu")
+    results = Trainer(cfg, tmp_path / "run").fit()
+    assert results["final"]["val/samples"] == 8

@@ -21,9 +21,15 @@ def imagenet_transforms(train: bool, image_size: int = 224, resize_size: int = 2
                        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
-def build_imagenet(root: str, split: str = "train", image_size: int = 224, resize_size: int = 256):
+def build_imagenet(root: str, split: str = "train", image_size: int = 224, resize_size: int = 256,
+                   decode: str = "cpu"):
+    """decode="cpu": PIL + transforms in the loader workers; "gpu": the workers only read the
+    JPEG bytes and the task decodes and augments them on the device (a2d2c/data/gpu_decode.py)."""
     folder = Path(root).expanduser() / split
     if not folder.is_dir() or not any(p.is_dir() for p in folder.iterdir()):
         raise ConfigError(f"ImageNet {split} split not found: {folder} has no class folders; set dataset.root to a "
                           f"folder with train/ and val/ in ImageFolder layout (val sorted into class folders)")
+    if decode == "gpu":
+        from a2d2c.data.gpu_decode import EncodedImageFolder
+        return EncodedImageFolder(str(folder))
     return datasets.ImageFolder(str(folder), transform=imagenet_transforms(split == "train", image_size, resize_size))

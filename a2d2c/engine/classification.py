@@ -20,11 +20,21 @@ class ClassificationTask:
 
     def __init__(self, model, num_classes: int, conv_options=None, label_smoothing: float = 0.0,
                  mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, mixup_prob: float = 1.0,
-                 mixup_switch_prob: float = 0.5, topk=(1, 5)):
+                 mixup_switch_prob: float = 0.5, topk=(1, 5), decode: str = "cpu",
+                 image_size: int = 224, resize_size: int = 256):
         self.model_factory = model
         self.conv_options = dict(conv_options or {})
         self.num_classes = num_classes
         self.topk = tuple(topk)
+        if decode not in ("cpu", "gpu"):
+            raise ConfigError(f"dataset.decode={decode!r} is not valid; use cpu or gpu")
+        # decode=gpu: the loaders carry JPEG bytes; move_batch decodes and augments on the device.
+        self.device_pipelines = None
+        if decode == "gpu":
+            from a2d2c.data.gpu_decode import GpuImagePipeline, collate_encoded
+            self.collate_fn = collate_encoded
+            self.device_pipelines = {train: GpuImagePipeline(train, image_size, resize_size)
+                                     for train in (True, False)}
         if mixup_alpha > 0 or cutmix_alpha > 0:
             # Mixup emits soft targets with the smoothing already folded in.
             self.mixup = Mixup(mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, prob=mixup_prob,
@@ -44,11 +54,14 @@ class ClassificationTask:
     def input_size(self, image_size: int):
         return (3, image_size, image_size)
 
-    def move_batch(self, batch, device, memory_format=torch.contiguous_format):
+    def move_batch(self, batch, device, memory_format=torch.contiguous_format, train=True):
         images, targets = batch
         non_blocking = device.type == "cuda"
-        return (images.to(device, non_blocking=non_blocking, memory_format=memory_format),
-                targets.to(device, non_blocking=non_blocking))
+        if self.device_pipelines is not None:
+            images = self.device_pipelines[train](images, device).contiguous(memory_format=memory_format)
+        else:
+            images = images.to(device, non_blocking=non_blocking, memory_format=memory_format)
+        return images, targets.to(device, non_blocking=non_blocking)
 
     def batch_size(self, batch) -> int:
         return len(batch[1])
@@ -69,7 +82,7 @@ class ClassificationTask:
         # [samples, loss sum, correct@k...], accumulated on the device, reduced once at the end
         totals = torch.zeros(2 + len(ks), dtype=torch.float64, device=device)
         for batch in loader:
-            images, targets = self.move_batch(batch, device, memory_format)
+            images, targets = self.move_batch(batch, device, memory_format, train=False)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 logits = model(images)
             logits = logits.float()
