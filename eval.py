@@ -1,5 +1,6 @@
 """Evaluate a checkpoint: `python eval.py checkpoint=outputs/<run>/checkpoints/best.pt` (see configs/eval.yaml)."""
 import json
+import sys
 from pathlib import Path
 
 import hydra
@@ -7,7 +8,13 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from a2d2c.engine.evaluation import evaluate_checkpoint
-from a2d2c.utils.cli import exit_on_config_error
+from a2d2c.utils.cli import check_override_keys, exit_on_config_error
+
+
+# The metrics the summary line shows, of those the task returned (classification: top-1/5 in %,
+# detection: COCO box AP in [0, 1]); results.json has them all.
+SUMMARY = {"top1": "top-1 {:.2f}", "top5": "top-5 {:.2f}", "loss": "loss {:.4f}",
+           "AP": "AP {:.4f}", "AP50": "AP50 {:.4f}", "AP75": "AP75 {:.4f}"}
 
 
 @hydra.main(config_path=str(Path(__file__).resolve().parent / "configs"), config_name="eval", version_base="1.3")
@@ -18,10 +25,11 @@ def main(cfg: DictConfig):
     out = Path(HydraConfig.get().runtime.output_dir) / "results.json"
     out.write_text(json.dumps(results, indent=2))
     m = results["metrics"]
+    shown = "  ".join(template.format(m[key]) for key, template in SUMMARY.items() if key in m)
     print(f"{results['backbone']}/{results['conv']} on {results['dataset']} {results['split']} "
-          f"(epoch {results['epoch']}, {results['weights']} weights): top-1 {m['top1']:.2f}  top-5 {m['top5']:.2f}  "
-          f"loss {m['loss']:.4f}  [{m['samples']} images] -> {out}")
+          f"(epoch {results['epoch']}, {results['weights']} weights): {shown}  [{m['samples']} images] -> {out}")
 
 
 if __name__ == "__main__":
+    check_override_keys(Path(__file__).resolve().parent / "configs", "eval", sys.argv[1:])
     main()

@@ -9,9 +9,11 @@ from __future__ import annotations
 from collections import defaultdict
 
 import numpy as np
-from torch.utils.data import DataLoader, DistributedSampler, Sampler, Subset
+import torch
+from torch.utils.data import DataLoader, Sampler, Subset
 
 from a2d2c.data.coco import find_detection_dataset
+from a2d2c.data.resumable import PerSampleSeeded, ResumableDistributedSampler
 from a2d2c.utils.distributed import DistInfo
 
 
@@ -38,17 +40,30 @@ class GroupedBatchSampler(Sampler):
     the end is batched in group order (mixing groups only where it must), so every epoch has
     exactly ``len(sampler) // batch_size`` batches, the same on every DDP rank; the remainder is
     dropped. ``set_epoch`` reaches the wrapped sampler (a DistributedSampler's shuffling).
+    The sampler may yield ``(epoch, index)`` keys (``ResumableDistributedSampler``); they are
+    grouped by their index and passed on whole. ``skip(n)`` drops the first n // batch_size
+    batches of the next pass: those consumed before a mid-epoch checkpoint.
     """
 
     def __init__(self, sampler: Sampler, group_ids, batch_size: int):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.sampler, self.group_ids, self.batch_size = sampler, list(group_ids), batch_size
+        self._skip_batches = 0
+
+    def skip(self, num_samples: int):
+        self._skip_batches = num_samples // self.batch_size
 
     def __iter__(self):
+        skip, self._skip_batches = self._skip_batches, 0
+        for i, batch in enumerate(self._batches()):
+            if i >= skip:
+                yield batch
+
+    def _batches(self):
         buffers = defaultdict(list)
         for index in self.sampler:
-            group = buffers[self.group_ids[index]]
+            group = buffers[self.group_ids[index[1] if isinstance(index, tuple) else index]]
             group.append(index)
             if len(group) == self.batch_size:
                 yield list(group)
@@ -67,11 +82,12 @@ class GroupedBatchSampler(Sampler):
 
 def build_grouped_train_loader(dataset, batch_size: int, dist_info: DistInfo, seed: int, num_workers: int = 0,
                                pin_memory: bool = False, collate_fn=None, group_factor: int = 3) -> DataLoader:
-    """Like ``a2d2c.data.build_train_loader`` (shuffled by seed and epoch, sharded over ranks), with batches
-    grouped by aspect ratio. Call ``loader.batch_sampler.set_epoch(epoch)`` each epoch."""
-    sampler = DistributedSampler(dataset, num_replicas=dist_info.world_size, rank=dist_info.rank,
-                                 shuffle=True, seed=seed, drop_last=True)
+    """Like ``a2d2c.data.build_train_loader`` (shuffled by seed and epoch, sharded over ranks, augmentation
+    seeded per sample, resumable mid-epoch), with batches grouped by aspect ratio. Call
+    ``loader.batch_sampler.set_epoch(epoch)`` (and ``.skip(n)`` to resume) each epoch."""
+    sampler = ResumableDistributedSampler(dataset, num_replicas=dist_info.world_size, rank=dist_info.rank,
+                                          shuffle=True, seed=seed, drop_last=True)
     groups = create_aspect_ratio_groups(dataset_aspect_ratios(dataset), group_factor)
-    return DataLoader(dataset, batch_sampler=GroupedBatchSampler(sampler, groups, batch_size),
+    return DataLoader(PerSampleSeeded(dataset, seed), batch_sampler=GroupedBatchSampler(sampler, groups, batch_size),
                       num_workers=num_workers, pin_memory=pin_memory, collate_fn=collate_fn,
-                      persistent_workers=num_workers > 0)
+                      persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed))

@@ -2,9 +2,9 @@
 from pathlib import Path
 
 import torch
-from torchvision import datasets
 from torchvision.transforms import v2
 
+from a2d2c.data.tolerant_folder import TolerantImageFolder
 from a2d2c.utils.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -22,7 +22,7 @@ def imagenet_transforms(train: bool, image_size: int = 224, resize_size: int = 2
 
 
 def build_imagenet(root: str, split: str = "train", image_size: int = 224, resize_size: int = 256,
-                   decode: str = "cpu"):
+                   decode: str = "cpu", bad_images: str = "fail"):
     """decode="cpu": PIL + transforms in the loader workers; "gpu": the workers only read the
     JPEG bytes and the task decodes and augments them on the device (a2d2c/data/gpu_decode.py)."""
     folder = Path(root).expanduser() / split
@@ -32,4 +32,6 @@ def build_imagenet(root: str, split: str = "train", image_size: int = 224, resiz
     if decode == "gpu":
         from a2d2c.data.gpu_decode import EncodedImageFolder
         return EncodedImageFolder(str(folder))
-    return datasets.ImageFolder(str(folder), transform=imagenet_transforms(split == "train", image_size, resize_size))
+    # bad_images: "fail" stops at the first unreadable file with its name; "skip" counts and replaces it.
+    return TolerantImageFolder(str(folder), transform=imagenet_transforms(split == "train", image_size, resize_size),
+                               bad_images=bad_images)

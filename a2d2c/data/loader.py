@@ -1,6 +1,8 @@
 """DataLoaders for training and exact evaluation, single-process or under DDP."""
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
+import torch
+from torch.utils.data import DataLoader, Sampler
 
+from a2d2c.data.resumable import PerSampleSeeded, ResumableDistributedSampler
 from a2d2c.utils.distributed import DistInfo
 
 
@@ -24,13 +26,17 @@ def build_train_loader(dataset, batch_size: int, dist_info: DistInfo, seed: int,
                        pin_memory: bool = False, collate_fn=None) -> DataLoader:
     """Shuffled by (seed, epoch) — call `loader.sampler.set_epoch(epoch)` — so a resumed run sees the same order.
 
+    Augmentation is seeded per (seed, epoch, sample), and `loader.sampler.skip(n)` starts the next
+    epoch after its first n samples: a mid-epoch resume replays the rest of the epoch exactly.
     `batch_size` is per process. The last incomplete batch is dropped (mixup pairs samples in a batch).
     """
-    sampler = DistributedSampler(dataset, num_replicas=dist_info.world_size, rank=dist_info.rank,
-                                 shuffle=True, seed=seed, drop_last=True)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      pin_memory=pin_memory, drop_last=True, collate_fn=collate_fn,
-                      persistent_workers=num_workers > 0)
+    sampler = ResumableDistributedSampler(dataset, num_replicas=dist_info.world_size, rank=dist_info.rank,
+                                          shuffle=True, seed=seed, drop_last=True)
+    # Its own generator: creating an epoch's iterator then draws the worker base seed from it, not
+    # from the global RNG, whose state a mid-epoch checkpoint captures after that draw.
+    return DataLoader(PerSampleSeeded(dataset, seed), batch_size=batch_size, sampler=sampler,
+                      num_workers=num_workers, pin_memory=pin_memory, drop_last=True, collate_fn=collate_fn,
+                      persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed))
 
 
 def build_eval_loader(dataset, batch_size: int, dist_info: DistInfo, num_workers: int = 0,

@@ -51,6 +51,10 @@ class ClassificationTask:
         except ValueError as e:  # the model factory's one-line messages for unknown names and bad options
             raise ConfigError(str(e)) from e
 
+    def complexity_module(self, model: nn.Module) -> nn.Module:
+        """The part of `model` whose params / MAdds the run reports: all of it."""
+        return model
+
     def input_size(self, image_size: int):
         return (3, image_size, image_size)
 

@@ -28,6 +28,15 @@ class DetectionTask:
         except ValueError as e:  # the factories' one-line messages for unknown names and bad options
             raise ConfigError(str(e)) from e
 
+    def complexity_module(self, model: nn.Module) -> nn.Module:
+        """The part of `model` whose params / MAdds the run reports: the backbone with its FPN.
+
+        The heads' cost depends on how many proposals / anchors survive thresholds and NMS, which
+        varies with the weights; the backbone + FPN count is fixed by the architecture and input
+        size, and it is where the conv types differ.
+        """
+        return model.backbone
+
     def input_size(self, image_size: int):
         """What one image looks like for counting params / MAdds: square, `image_size` px (the detector resizes it)."""
         return (3, image_size, image_size)

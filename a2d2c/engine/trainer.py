@@ -8,8 +8,11 @@ import copy
 import json
 import logging
 import math
+import signal
+import threading
 import time
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -20,9 +23,11 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from a2d2c.data import build_eval_loader, build_train_loader
+from a2d2c.data.aspect_ratio import build_grouped_train_loader
 from a2d2c.layers import annealed_temperature, set_temperature
 from a2d2c.utils import checkpoint as ckpt
 from a2d2c.utils import distributed
+from a2d2c.utils.batch_scaling import batch_scaling
 from a2d2c.utils.complexity import count_complexity
 from a2d2c.utils.errors import ConfigError
 from a2d2c.utils.meters import MetricLogger, SmoothedValue
@@ -31,6 +36,21 @@ from a2d2c.utils.tracking import JsonlWriter
 log = logging.getLogger(__name__)
 
 AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Preemption notices: SLURM sends SIGTERM (or SIGUSR1 with --signal) before killing a job.
+PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class Preempted(Exception):
+    """Raised after a preemption signal once the checkpoint is saved; train.py exits with 128 + signal."""
+
+    def __init__(self, signum: int, checkpoint):
+        self.signum, self.checkpoint = signum, checkpoint
+        super().__init__(f"received {signal.Signals(signum).name}: saved {checkpoint}; "
+                         f"rerun with trainer.resume=auto to continue")
+
+
+class NonFiniteLossError(ConfigError):
+    """Training diverged (NaN/inf loss or weights). One line naming the step and the last good checkpoint."""
 
 
 def amp_dtype_from_config(amp):
@@ -61,10 +81,15 @@ class Trainer:
         self.monitor = f"{self.eval_split}/{tcfg.monitor or self.task.primary_metric}"
         model = self.task.build_model()
         # Counted on a copy at batch size 1, so the run's own model and RNG stream are untouched.
-        self.complexity = count_complexity(copy.deepcopy(model).eval(), self.task.input_size(cfg.dataset.image_size))
+        # A detector is counted on its backbone + FPN (task.complexity_module): its heads' cost depends on the weights.
+        self.complexity = count_complexity(self.task.complexity_module(copy.deepcopy(model)).eval(),
+                                           self.task.input_size(cfg.dataset.image_size))
+        if tcfg.get("sync_bn") and self.dist.world_size > 1:
+            model = distributed.convert_sync_batchnorm(model, self.device)
         self.model = model.to(self.device, memory_format=self.memory_format)
         self.ema = ModelEmaV3(self.model, decay=tcfg.ema.decay, use_warmup=tcfg.ema.use_warmup) if tcfg.ema.enabled else None
-        self.optimizer = instantiate(cfg.optimizer)(params=self.model.parameters())
+        self.batching = batch_scaling(tcfg, self.dist.world_size, cfg.optimizer.lr)
+        self.optimizer = instantiate(cfg.optimizer, lr=self.batching.lr)(params=self.model.parameters())
         # timm schedulers in epoch units, stepped every update with the fractional epoch.
         self.scheduler = instantiate(cfg.scheduler)(optimizer=self.optimizer)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype is torch.float16 else None
@@ -83,6 +108,10 @@ class Trainer:
 
         self.epoch = 0  # epochs completed
         self.step = 0  # optimizer updates completed
+        self.batches_done = 0  # micro-batches of epoch `self.epoch` consumed (non-zero after a mid-epoch resume)
+        self.skipped_steps = 0  # updates skipped for a non-finite loss (trainer.skip_nonfinite)
+        self.last_checkpoint = None  # the newest checkpoint this run wrote or resumed from
+        self._stop_signal = None  # set by the preemption signal handler
         self.tau = None
         self.best = None
         self.wall_time_s = 0.0
@@ -96,26 +125,32 @@ class Trainer:
     # ----------------------------------------------------------------------------------- setup
     def _build_loaders(self):
         tcfg, dcfg, world = self.cfg.trainer, self.cfg.dataset, self.dist.world_size
-        if tcfg.batch_size % (world * self.accum_steps):
-            raise ConfigError(f"trainer.batch_size={tcfg.batch_size} (the batch of one optimizer step) must divide by "
-                              f"world size × trainer.accum_steps = {world} × {self.accum_steps}")
         pin = self.device.type == "cuda"
         collate = self.task.collate_fn
         train_set = instantiate(dcfg.train)
-        self.train_loader = build_train_loader(train_set, tcfg.batch_size // (world * self.accum_steps), self.dist,
-                                               self.cfg.seed, dcfg.num_workers, pin, collate)
+        group_factor = dcfg.get("aspect_ratio_group_factor", -1)  # detection: batch images of similar shape
+        make_loader = (partial(build_grouped_train_loader, group_factor=group_factor) if group_factor >= 0
+                       else build_train_loader)
+        self.train_loader = make_loader(train_set, self.batching.per_device_batch, self.dist,
+                                        self.cfg.seed, dcfg.num_workers, pin, collate)
         self.updates_per_epoch = len(self.train_loader) // self.accum_steps
         if self.updates_per_epoch == 0:
-            raise ConfigError(f"trainer.batch_size={tcfg.batch_size} is larger than the {len(train_set)} training samples; lower it")
-        eval_batch = max(1, (tcfg.eval_batch_size or tcfg.batch_size) // world)
+            raise ConfigError(f"the global batch {self.batching.global_batch} is larger than the {len(train_set)} "
+                              f"training samples; lower trainer.batch_size")
+        eval_batch = max(1, (tcfg.eval_batch_size or self.batching.global_batch) // world)
         self.eval_loader = build_eval_loader(instantiate(dcfg.eval), eval_batch, self.dist, dcfg.num_workers, pin, collate)
 
     def _resume(self, resume):
-        path = self.output_dir / "checkpoints" / "last.pt" if resume == "auto" else Path(resume)
-        if resume == "auto" and not path.is_file():
-            log.info("trainer.resume=auto: no %s yet, starting from scratch", path)
-            return
-        state = ckpt.load_checkpoint(path)
+        if resume == "auto":
+            # The newest checkpoint that loads and verifies; damaged ones are named and skipped.
+            found = ckpt.load_newest_valid(self.output_dir / "checkpoints")
+            if found is None:
+                log.info("trainer.resume=auto: no checkpoint in %s yet, starting from scratch", self.output_dir / "checkpoints")
+                return
+            path, state = found
+        else:
+            path = Path(resume)
+            state = ckpt.load_checkpoint(path)
         ckpt.check_same_model(state["config"], self.cfg, path)
         ckpt.load_weights(self.model, state["model"], path)
         self.optimizer.load_state_dict(state["optimizer"])
@@ -125,6 +160,9 @@ class Trainer:
         if self.ema is not None and state.get("ema"):
             self.ema.load_state_dict(state["ema"])
         self.epoch, self.step, self.best = state["epoch"], state["step"], state["best"]
+        self.batches_done = state.get("batches_done", 0)
+        self.skipped_steps = state.get("skipped_steps", 0)
+        self.last_checkpoint = path
         self.last_metrics = state["metrics"]
         self.wall_time_s = state.get("wall_time_s", 0.0)
         self.tracker_id = state.get("wandb_run_id")
@@ -132,7 +170,8 @@ class Trainer:
             self._set_temperature(state["temperature"])
         rng = state["rng"]
         ckpt.restore_rng_state(rng[self.dist.rank] if self.dist.rank < len(rng) else rng[0])
-        log.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.step)
+        log.info("resumed from %s at epoch %d, step %d%s", path, self.epoch, self.step,
+                 f" (mid-epoch, after {self.batches_done} batches)" if self.batches_done else "")
 
     def _open_trackers(self):
         self.metrics_file, self.tracker = None, None
@@ -161,6 +200,7 @@ class Trainer:
         start = time.perf_counter()
         wall_before = self.wall_time_s
         metrics = self.last_metrics
+        previous_handlers = self._install_signal_handlers()
         try:
             while self.epoch < epochs:
                 train_metrics = self.train_one_epoch(self.epoch)
@@ -171,27 +211,59 @@ class Trainer:
                            "eval_img_per_s": eval_metrics[f"{self.eval_split}/samples"] / eval_time}
                 is_best = self._update_best(metrics)
                 self._log(metrics)
+                self.last_metrics = metrics
                 self.save_checkpoint(metrics, is_best)
                 log.info("epoch %d/%d  train loss %.4f  %s %.2f (best %.2f @ %d)  lr %.3g  tau %s  %.0fs",
                          self.epoch, epochs, train_metrics["train/loss"], self.monitor, metrics[self.monitor],
                          self.best[self.monitor], self.best["epoch"], train_metrics["lr"],
                          "-" if self.tau is None else f"{self.tau:.2f}", self.wall_time_s)
+                if self._stop_requested():  # the signal came during evaluation: that checkpoint is the one
+                    raise Preempted(self._stop_signal or signal.SIGTERM, self.last_checkpoint)
             return self._write_results(metrics)
         finally:
+            for signum, handler in previous_handlers.items():
+                signal.signal(signum, handler)
             self._close()
+
+    # ------------------------------------------------------------------------------ preemption
+    def _install_signal_handlers(self) -> dict:
+        """SIGTERM/SIGUSR1 only set a flag: the loop saves a checkpoint at the next update boundary and exits."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}  # Python delivers signals to the main thread only
+
+        def request_stop(signum, frame):
+            self._stop_signal = signum
+
+        return {signum: signal.signal(signum, request_stop) for signum in PREEMPTION_SIGNALS}
+
+    def _stop_requested(self) -> bool:
+        # Every rank must stop at the same update (checkpointing is collective): any rank's signal stops all.
+        flag = self._stop_signal is not None
+        if self.dist.world_size > 1:
+            flag = distributed.all_reduce_sum(torch.tensor([float(flag)], device=self.device)).item() > 0
+        return flag
 
     def train_one_epoch(self, epoch: int) -> dict:
         self.train_model.train()
-        self.train_loader.sampler.set_epoch(epoch)
+        # With aspect-ratio grouping the batch sampler owns the epoch's order; else the sampler does.
+        batch_sampler = self.train_loader.batch_sampler
+        order = batch_sampler if hasattr(batch_sampler, "set_epoch") else self.train_loader.sampler
+        order.set_epoch(epoch)
+        first = self.batches_done  # > 0 when resuming mid-epoch: replay the rest of the epoch only
+        order.skip(first * self.batching.per_device_batch)
+        tcfg = self.cfg.trainer
+        every = tcfg.checkpoint_every_steps or 0
         meters = MetricLogger()
         meters.add_meter("lr", SmoothedValue(1, "{value:.3g}"))
         meters.add_meter("img/s", SmoothedValue(10, "{avg:.0f}"))
         micro_batches = self.updates_per_epoch * self.accum_steps  # an incomplete accumulation group is dropped
         bar = tqdm(total=micro_batches, desc=f"epoch {epoch + 1}/{self.cfg.trainer.epochs}", unit="it",
                    disable=not (self.dist.is_main and self.cfg.trainer.progress_bar), dynamic_ncols=True, leave=False)
+        bar.update(first)
         tic = epoch_start = time.perf_counter()
         samples = 0
-        for i, batch in enumerate(self.train_loader):
+        group_is_finite = True  # False once a micro-batch of the current accumulation group had a non-finite loss
+        for i, batch in enumerate(self.train_loader, start=first):
             if i == micro_batches:
                 break
             update_in_epoch, micro = divmod(i, self.accum_steps)
@@ -204,17 +276,29 @@ class Trainer:
             with sync:
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                     loss, step_metrics = self.task.training_step(self.train_model, batch)
-                if not math.isfinite(loss.item()):
-                    raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {self.step}; "
-                                             f"lower optimizer.lr or enable trainer.clip_grad_norm")
-                loss = loss / self.accum_steps
-                (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+                finite = self._loss_is_finite(loss, epoch, i)
+                if finite:
+                    loss = loss / self.accum_steps
+                    (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+            group_is_finite &= finite
             if is_last_micro:
-                self._optimizer_step()
+                stepped, group_is_finite = group_is_finite, True
+                if stepped:
+                    self._optimizer_step()
+                else:  # trainer.skip_nonfinite: drop the whole accumulation group's gradients
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.skipped_steps += 1
+                self.batches_done = i + 1
+                if i + 1 < micro_batches:  # the end-of-epoch checkpoint follows evaluation, in fit()
+                    if self._stop_requested():
+                        raise Preempted(self._stop_signal or signal.SIGTERM, self.save_checkpoint(self.last_metrics, False))
+                    if every and stepped and self.step % every == 0:
+                        self.save_checkpoint(self.last_metrics, False)
             batch_size = self.task.batch_size(batch) * self.dist.world_size
             samples += batch_size
             toc = time.perf_counter()
-            meters.update(n=batch_size, **{f"train/{k}": v for k, v in step_metrics.items()})
+            if finite:  # a skipped batch's NaN would poison the epoch's average loss
+                meters.update(n=batch_size, **{f"train/{k}": v for k, v in step_metrics.items()})
             meters.update(lr=self.optimizer.param_groups[0]["lr"], **{"img/s": batch_size / (toc - tic)})
             tic = toc
             bar.update()
@@ -226,13 +310,30 @@ class Trainer:
                                "train/img_per_s": meters.meters["img/s"].avg,
                                **({"temperature": self.tau} if self.tau is not None else {})})
         bar.close()
+        self.batches_done = 0
         elapsed = time.perf_counter() - epoch_start
         self.train_samples += samples
         self.train_time_s += elapsed
         meters.synchronize_between_processes()
         averages = meters.global_averages()
-        return {"train/loss": averages["train/loss"], "lr": self.optimizer.param_groups[0]["lr"],
-                "train_img_per_s": samples / elapsed, **({"temperature": self.tau} if self.tau is not None else {})}
+        return {"train/loss": averages.get("train/loss", math.nan), "lr": self.optimizer.param_groups[0]["lr"],
+                "train_img_per_s": samples / elapsed, **({"temperature": self.tau} if self.tau is not None else {}),
+                **({"train/skipped_steps": self.skipped_steps} if self.skipped_steps else {})}
+
+    def _loss_is_finite(self, loss: torch.Tensor, epoch: int, batch: int) -> bool:
+        """False for a NaN/inf loss that trainer.skip_nonfinite lets us skip; otherwise such a loss stops the run."""
+        bad = torch.tensor([0.0 if math.isfinite(loss.item()) else 1.0], device=self.device)
+        if self.dist.world_size > 1:  # all ranks skip or stop together, or DDP's gradient reduction would hang
+            distributed.all_reduce_sum(bad)
+        if bad.item() == 0:
+            return True
+        where = f"epoch {epoch + 1}, step {self.step + 1} (batch {batch + 1} of the epoch)"
+        if self.cfg.trainer.skip_nonfinite:
+            log.warning("non-finite loss (%s) at %s: update skipped (%d so far)", loss.item(), where, self.skipped_steps + 1)
+            return False
+        raise NonFiniteLossError(f"loss is {loss.item()} at {where}; the last good checkpoint is "
+                                 f"{self.last_checkpoint or 'none (no checkpoint written yet)'}; lower optimizer.lr, "
+                                 f"enable trainer.clip_grad_norm, or set trainer.skip_nonfinite=true to skip such steps")
 
     def _apply_schedules(self, epoch: float):
         self.scheduler.step(epoch)
@@ -267,6 +368,11 @@ class Trainer:
 
     def evaluate(self) -> dict:
         split = self.eval_split
+        # BatchNorm running stats drift apart per rank after the last training step (DDP broadcasts
+        # rank 0's buffers only before each forward); evaluate with, and save, the same ones everywhere.
+        distributed.broadcast_buffers(self.model)
+        if self.ema is not None:
+            distributed.broadcast_buffers(self.ema.module)
         results = self.task.evaluate(self.eval_model, self.eval_loader, self.device, self.amp_dtype, self.memory_format)
         metrics = {f"{split}/{k}": v for k, v in results.items()}
         if self.ema is not None:
@@ -289,10 +395,25 @@ class Trainer:
 
     # ------------------------------------------------------------------------- checkpoints, results
     def save_checkpoint(self, metrics: dict, is_best: bool):
+        """Write `step-<step>.pt`, publish it as last.pt (and best.pt), keep the newest trainer.keep_last.
+
+        Called at the end of an epoch (batches_done = 0) and, for recovery, between updates.
+        Returns the numbered checkpoint's path.
+        """
+        directory = self.output_dir / "checkpoints"
+        path = ckpt.numbered_checkpoint_path(directory, self.step)
+        # Checked on every rank (each would raise alike): NaN weights never replace a good checkpoint.
+        bad = [name for name, p in self.model.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
+        if bad:
+            raise NonFiniteLossError(f"weights are not finite at epoch {self.epoch + 1}, step {self.step} ({bad[0]} and "
+                                     f"{len(bad) - 1} more); not saving over the last good checkpoint "
+                                     f"{self.last_checkpoint or '(none written yet)'}; lower optimizer.lr or enable "
+                                     f"trainer.clip_grad_norm")
         # Every rank's RNG state, so each rank resumes its own random stream.
         rng = distributed.all_gather_object(ckpt.capture_rng_state())
         if not self.dist.is_main:
-            return
+            self.last_checkpoint = path
+            return path
         state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -301,6 +422,8 @@ class Trainer:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "epoch": self.epoch,
             "step": self.step,
+            "batches_done": self.batches_done,
+            "skipped_steps": self.skipped_steps,
             "temperature": self.tau,
             "metrics": metrics,
             "best": self.best,
@@ -312,10 +435,13 @@ class Trainer:
             "config_unresolved": OmegaConf.to_container(self.cfg, resolve=False),
             "complexity": self.complexity,
         }
-        directory = self.output_dir / "checkpoints"
-        last = ckpt.save_checkpoint(state, directory / "last.pt")
+        ckpt.save_checkpoint(state, path)
+        ckpt.copy_checkpoint(path, directory / "last.pt")
         if is_best:
-            ckpt.copy_checkpoint(last, directory / "best.pt")
+            ckpt.copy_checkpoint(path, directory / "best.pt")
+        self.last_checkpoint = path  # only once it is on disk: error messages point users at it
+        ckpt.prune_checkpoints(directory, self.cfg.trainer.keep_last)
+        return path
 
     def _write_results(self, final: dict) -> dict:
         results = {
@@ -328,6 +454,7 @@ class Trainer:
             "wall_time_s": self.wall_time_s,
             "device": str(self.device),
             "world_size": self.dist.world_size,
+            "batch": self.batching.as_dict(),
             "checkpoints": {name: str(self.output_dir / "checkpoints" / f"{name}.pt") for name in ("last", "best")},
             "config": OmegaConf.to_container(self.cfg, resolve=True),
         }

@@ -12,6 +12,7 @@ from .a2d2c_plus_conv import A2D2CPlusConv2d
 from .dynamic_conv import DynamicConv2d
 from .functional import same_padding, to_2tuple
 from .mixture_conv import IntOrPair
+from ..utils.errors import ConfigError
 
 CONV_TYPES = ("static", "dynamic", "a2d2c", "a2d2c_plus")
 
@@ -67,8 +68,9 @@ def create_conv2d(conv_type: str, in_channels: int, out_channels: int, kernel_si
     if padding is None:
         padding = same_padding(to_2tuple(kernel_size), to_2tuple(dilation))
     if in_channels % groups or out_channels % groups:
-        raise ValueError(f"groups={groups} must divide in_channels={in_channels} and "
-                         f"out_channels={out_channels}")
+        # A ConfigError (a ValueError): reached from a config, it ends train.py with this one line.
+        raise ConfigError(f"groups={groups} must divide in_channels={in_channels} and "
+                          f"out_channels={out_channels}")
     args = (in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
     if conv_type == "static":
         return nn.Conv2d(*args)

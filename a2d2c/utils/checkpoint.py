@@ -1,10 +1,18 @@
-"""Checkpoints: written atomically, read back with `weights_only=True`.
+"""Checkpoints: checksummed, written atomically, read back with `weights_only=True`.
 
 A checkpoint is a plain dict of tensors and Python primitives (the resolved config included), so
-loading it never runs pickled code and it opens without this package installed.
+loading it never runs pickled code and it opens with plain `torch.load` without this package.
+It carries a SHA-256 of its own content under "checksum": a truncated file fails to unzip and
+a damaged one fails the checksum, and either is reported by name (`resume=auto` then falls back
+to the previous good checkpoint).
 """
+import errno
+import hashlib
+import logging
 import os
+import pickle
 import random
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -13,6 +21,16 @@ import numpy as np
 import torch
 
 from a2d2c.utils.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+CHECKSUM_KEY = "checksum"
+# Numbered checkpoints (periodic and end-of-epoch) are kept for resume=auto to fall back on.
+NUMBERED = re.compile(r"step-(\d+)\.pt")
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be written or trusted (damaged, foreign, unsafe). One line, naming the file."""
 
 
 def _fsync_dir(directory: Path):
@@ -48,29 +66,140 @@ def _atomic_write(path: Path, write):
     _fsync_dir(path.parent)
 
 
+def state_digest(state: dict) -> str:
+    """SHA-256 over every tensor's dtype, shape and bytes and every other value's repr, in dict order.
+
+    Computed from the loaded objects rather than the file bytes, so the checksum can live inside
+    the file it covers and the file stays a plain torch checkpoint.
+    """
+    sha = hashlib.sha256()
+
+    def feed(value):
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous()
+            sha.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            sha.update(t.reshape(-1).view(torch.uint8).numpy())  # hashed in place, no copy
+        elif isinstance(value, dict):
+            sha.update(b"{")
+            for key, item in value.items():
+                if key != CHECKSUM_KEY:
+                    feed(key)
+                    feed(item)
+            sha.update(b"}")
+        elif isinstance(value, (list, tuple)):  # serialisation may turn one into the other
+            sha.update(b"[")
+            for item in value:
+                feed(item)
+            sha.update(b"]")
+        else:
+            sha.update(f"{type(value).__name__}:{value!r};".encode())
+
+    feed(state)
+    return sha.hexdigest()
+
+
 def save_checkpoint(state: dict, path) -> Path:
-    _atomic_write(path, lambda f: torch.save(state, f))
-    return Path(path)
+    """Checksum `state` and write it atomically; the file at `path` is replaced only by a complete one.
+
+    A failed write (disk full, quota, I/O error) leaves the previous file untouched and ends in a
+    CheckpointError naming the file and the cause.
+    """
+    path = Path(path)
+    state = {**state, CHECKSUM_KEY: state_digest(state)}
+    try:
+        _atomic_write(path, lambda f: torch.save(state, f))
+    except OSError as e:
+        hint = "; free some space or point hydra.run.dir elsewhere" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        raise CheckpointError(f"cannot write checkpoint {path}: {e.strerror or e}{hint} "
+                              f"(the previous checkpoint there, if any, is intact)") from e
+    return path
 
 
 def copy_checkpoint(src, dst) -> Path:
-    """Atomic copy, used to publish `last.pt` as `best.pt` without serialising twice."""
-    with open(src, "rb") as f_src:
-        _atomic_write(dst, lambda f_dst: shutil.copyfileobj(f_src, f_dst))
-    return Path(dst)
+    """Publish `src` under the name `dst` atomically: a hard link where the filesystem has them, else a copy."""
+    src, dst = Path(src), Path(dst)
+    tmp = dst.with_name(f".{dst.name}.link.tmp")
+    try:
+        tmp.unlink(missing_ok=True)
+        os.link(src, tmp)
+        os.replace(tmp, dst)
+        tmp.unlink(missing_ok=True)  # rename() leaves it when dst already was a link to src
+        _fsync_dir(dst.parent)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        with open(src, "rb") as f_src:
+            try:
+                _atomic_write(dst, lambda f_dst: shutil.copyfileobj(f_src, f_dst))
+            except OSError as e:
+                raise CheckpointError(f"cannot write checkpoint {dst}: {e.strerror or e} "
+                                      f"(the previous checkpoint there, if any, is intact)") from e
+    return dst
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
+    """Load with `weights_only=True` and verify the checksum; every failure is one CheckpointError line."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"checkpoint not found: {path} (give the path of a .pt file a run wrote, e.g. outputs/<run>/checkpoints/best.pt)")
+        raise CheckpointError(f"checkpoint not found: {path} (give the path of a .pt file a run wrote, e.g. outputs/<run>/checkpoints/best.pt)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises several types for foreign or damaged files
-        raise ConfigError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+    except pickle.UnpicklingError as e:
+        # weights_only refuses any global (class, function) it does not know before touching it: nothing has run.
+        unsafe = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line), None)
+        if unsafe is not None:
+            raise CheckpointError(f"refusing to load {path}: it holds pickled Python objects that could run code "
+                                  f"when loaded ({unsafe}); a2d2c checkpoints hold only tensors and plain data") from e
+        detail = next((line.strip() for line in str(e).splitlines() if "Unsupported" in line), str(e).splitlines()[0])
+        raise CheckpointError(f"cannot read checkpoint {path} (truncated or not a checkpoint): {detail[:120]}") from e
+    except Exception as e:  # torch raises several types for truncated, foreign or damaged files
+        raise CheckpointError(f"cannot read checkpoint {path} (truncated or not a checkpoint): {type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}") from e
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise ConfigError(f"{path} is not an a2d2c checkpoint (expected a dict with 'model' and 'config'; use a file from <run>/checkpoints/)")
+        raise CheckpointError(f"{path} is not an a2d2c checkpoint (expected a dict with 'model' and 'config'; use a file from <run>/checkpoints/)")
+    expected = state.get(CHECKSUM_KEY)
+    if expected is not None and state_digest(state) != expected:
+        raise CheckpointError(f"checkpoint {path} is corrupt: its content does not match its checksum")
     return state
+
+
+def numbered_checkpoint_path(directory, step: int) -> Path:
+    return Path(directory) / f"step-{step:09d}.pt"
+
+
+def numbered_checkpoints(directory) -> list:
+    """The `step-*.pt` files of `directory`, newest (highest step) first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := NUMBERED.fullmatch(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def prune_checkpoints(directory, keep: int):
+    """Delete all but the `keep` (at least 1) newest numbered checkpoints (`last.pt` and `best.pt` are separate names)."""
+    for path in numbered_checkpoints(directory)[max(keep, 1):]:
+        path.unlink(missing_ok=True)
+
+
+def load_newest_valid(directory):
+    """(path, state) of the newest checkpoint in `directory` that loads and verifies, or None if there is none.
+
+    Damaged files are skipped with a warning naming each; if checkpoints exist but none is valid,
+    that is an error rather than a silent restart from scratch.
+    """
+    directory = Path(directory)
+    candidates = numbered_checkpoints(directory) + [p for p in (directory / "last.pt",) if p.is_file()]
+    problems = []
+    for path in candidates:
+        try:
+            return path, load_checkpoint(path)
+        except CheckpointError as e:
+            log.warning("skipping %s", e)
+            problems.append(path.name)
+    if problems:
+        raise CheckpointError(f"no valid checkpoint in {directory}: {', '.join(problems)} are all damaged; "
+                              f"resume from another run's checkpoint or start afresh without trainer.resume")
+    return None
 
 
 def capture_rng_state() -> dict:
