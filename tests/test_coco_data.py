@@ -87,6 +87,17 @@ def test_unknown_category_ends_with_one_line(tmp_path):
         build_coco(root, "val")
 
 
+@pytest.mark.parametrize("bbox", [[1, 2, 3], "10 10 5 5", [1, 2, "w", 4], [1, 2, float("nan"), 4], None])
+def test_malformed_box_ends_with_one_line(tmp_path, bbox):
+    root = write_coco(tmp_path)
+    path = root / "annotations" / "instances_val2017.json"
+    data = json.loads(path.read_text())
+    data["annotations"][1]["bbox"] = bbox
+    path.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=r"annotation 2 of image 11 has bbox .*expected \[x, y, width, height\]"):
+        build_coco(root, "val")
+
+
 def test_collate_keeps_images_of_different_sizes_apart(tmp_path):
     dataset = build_coco(write_coco(tmp_path), "val")
     images, targets = next(iter(DataLoader(dataset, batch_size=4, collate_fn=detection_collate)))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -53,6 +54,17 @@ def _has_area(xyxy: torch.Tensor) -> torch.Tensor:
     return (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
 
 
+def _check_box_format(coco, annotation_file) -> None:
+    """Every bbox must be [x, y, width, height] finite numbers: anything else is named in one line
+    rather than crashing later inside a transform."""
+    for ann in coco.anns.values():
+        box = ann.get("bbox")
+        if not (isinstance(box, (list, tuple)) and len(box) == 4
+                and all(isinstance(v, (int, float)) and math.isfinite(v) for v in box)):
+            raise ConfigError(f"{annotation_file}: annotation {ann.get('id')} of image {ann.get('image_id')} "
+                              f"has bbox {box!r}; expected [x, y, width, height] as 4 finite numbers")
+
+
 def _is_trainable_image(annotations: list) -> bool:
     # torchvision references' `_coco_remove_images_without_annotations`: keep an image when at
     # least one of its boxes is more than 1 px wide and high (crowd boxes included).
@@ -77,6 +89,7 @@ class CocoDetectionDataset(Dataset):
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its loading progress
             base = CocoDetection(str(image_dir), str(annotation_file))
         self.coco = base.coco
+        _check_box_format(self.coco, annotation_file)
         self.category_ids = sorted(self.coco.getCatIds())
         self.classes = [self.coco.cats[c]["name"] for c in self.category_ids]
         self.label_to_category = (0, *self.category_ids)
