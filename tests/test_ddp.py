@@ -142,3 +142,18 @@ def test_sync_bn_on_cpu_is_batch_norm_outside_ddp():
     x = torch.randn(5, 3, 6, 6)
     torch.testing.assert_close(converted(x), reference(x))
     torch.testing.assert_close(converted[1].running_var, reference[1].running_var)
+
+
+@pytest.mark.parametrize("env, stale", [
+    ({"TORCHELASTIC_MAX_RESTARTS": "2", "TORCHELASTIC_USE_AGENT_STORE": "True"}, True),
+    ({"TORCHELASTIC_MAX_RESTARTS": "2", "TORCHELASTIC_USE_AGENT_STORE": "False"}, False),  # the opt-out
+    ({"TORCHELASTIC_MAX_RESTARTS": "0", "TORCHELASTIC_USE_AGENT_STORE": "True"}, False),   # never restarts
+    ({}, False),                                                                           # not torchrun
+])
+def test_restarts_onto_a_shared_rendezvous_store_are_detected(monkeypatch, env, stale):
+    from a2d2c.utils.distributed import restarts_share_a_stale_store
+    for key in ("TORCHELASTIC_MAX_RESTARTS", "TORCHELASTIC_USE_AGENT_STORE"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert restarts_share_a_stale_store() is stale

@@ -326,8 +326,8 @@ def test_preemption_signal_saves_exits_and_resume_auto_finishes_identically(unin
 
 
 # --------------------------------------------------------------------------- torchrun elastic
-def _torchrun(run_dir: Path, *extra) -> subprocess.Popen:
-    env = {**os.environ, "WANDB_SILENT": "true", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+def _torchrun(run_dir: Path, *extra, env: dict | None = None) -> subprocess.Popen:
+    env = {**os.environ, "WANDB_SILENT": "true", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})}
     run_dir.mkdir(parents=True, exist_ok=True)
     log = open(run_dir / f"stderr-{time.monotonic_ns()}.txt", "w")
     return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", *extra, "train.py",
@@ -349,11 +349,12 @@ def test_torchrun_max_restarts_resumes_after_a_rank_is_killed(tmp_path):
     straight = _torchrun(tmp_path / "straight")
     assert straight.wait(timeout=600) == 0
     run_dir = tmp_path / "elastic"
-    # c10d rendezvous (--standalone on one node): each restart gets a fresh store. The static default
-    # keeps the first attempt's store, where the dead rank's address still stands, and gloo fails to connect.
-    proc = _torchrun(run_dir, "--standalone", "--max-restarts=1")
+    # c10d rendezvous (--standalone on one node) with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1, so each restart
+    # gets a fresh store: otherwise a restarted rank can read the dead rank 0's gloo address from the shared
+    # store and fail to connect (connection refused, in about one run in three on the 2-core machine).
+    proc = _torchrun(run_dir, "--standalone", "--max-restarts=1", env={"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"})
     _wait_for_step(proc, run_dir / "metrics.jsonl", 7, 0, timeout=300)
     os.kill(_worker_with_rank(proc.pid, 1), signal.SIGKILL)  # rank 1 dies; the agent restarts both ranks
-    assert proc.wait(timeout=600) == 0
+    assert proc.wait(timeout=600) == 0, "".join(p.read_text() for p in run_dir.glob("stderr-*.txt"))[-4000:]
     assert "resumed from" in (run_dir / "train.log").read_text()
     assert _weights_equal(_final_model(run_dir)["model"], _final_model(tmp_path / "straight")["model"])

@@ -5,6 +5,7 @@ or from SLURM itself (`srun`, or hydra-submitit-launcher with `tasks_per_node` =
 case each task derives its rank from SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID. Without either we
 run a single process and no process group is created.
 """
+import logging
 import os
 from dataclasses import dataclass
 
@@ -14,6 +15,8 @@ import torch.nn as nn
 from torch.distributed.nn.functional import all_reduce as differentiable_all_reduce
 
 from a2d2c.utils.launch_env import slurm_environment
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -47,12 +50,27 @@ def init_distributed(device_name: str = "auto") -> DistInfo:
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return DistInfo()
     info = DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
+    if info.world_size > 1 and info.rank == 0 and restarts_share_a_stale_store():
+        log.warning("torchrun may restart these workers (--max-restarts > 0) but shares one rendezvous store across "
+                    "attempts: a restarted rank can read a dead rank's address and fail to connect. Launch torchrun "
+                    "with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in its environment (scripts/*.sh and *.sbatch do).")
     if info.world_size > 1 and not dist.is_initialized():
         device = resolve_device(device_name, info.local_rank)
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return info
+
+
+def restarts_share_a_stale_store() -> bool:
+    """Whether torchrun will restart workers onto the store of the previous attempt.
+
+    torchrun's agent hosts one TCPStore for all rendezvous rounds and the workers' process-group keys carry no
+    round prefix, so after a restart gloo/NCCL can read the dead attempt's addresses (connection refused, at
+    random). TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 makes every round start a fresh store on rank 0.
+    """
+    may_restart = int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0
+    return may_restart and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
 
 
 def is_distributed() -> bool:
