@@ -64,7 +64,17 @@ def mix_responses(responses: torch.Tensor, attn: torch.Tensor,
     """sum_k attn_k (R_k + b_k).
 
     responses: B x K x O x H x W; attn: B x K (per sample) or B x K x H x W (per position).
+    On a GPU this runs the fused Triton kernels of ``fused_mix``; elsewhere the eager formula.
     """
+    from .fused_mix import fused_mix, fused_mix_applies  # on first use: importing triton takes a moment
+    if fused_mix_applies(responses, attn):
+        return fused_mix(responses, attn, bias)
+    return mix_responses_eager(responses, attn, bias)
+
+
+def mix_responses_eager(responses: torch.Tensor, attn: torch.Tensor,
+                        bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``mix_responses`` in plain tensor ops: the reference, and what compile and export see."""
     attn = attn.to(responses.dtype)
     if attn.dim() == 2:
         attn = attn[:, :, None, None]
