@@ -11,14 +11,18 @@ Each (model or layer) x conv type x mode is timed after ``--warmup`` steps, ``--
 CUDA events on a GPU, a synchronised wall clock on the CPU; medians are reported, with the
 ratio to static taken in the same run. ``--reference`` adds the usual dynamic-conv
 implementation (per-sample kernels kept by autograd, grouped conv: timm's CondConv2d and the
-DyConv re-implementations) so our speed-up over it shows in the same run. Peak memory is the
+DyConv re-implementations) so our speed-up over it shows in the same run; ``--eager-mix`` adds
+a2d2c and a2d2c_plus with the fused Triton mixing turned off (A2D2C_FUSED_MIX=0), the same
+comparison for them. Peak memory is the
 CUDA allocator's peak (not measured on CPU). Writes ``bench.json``, ``bench.md`` and, with
 matplotlib, ``bench.png`` under ``--out``.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import platform
 import statistics
 import sys
@@ -70,15 +74,37 @@ class Timer:
         return (time.perf_counter() - t0) * 1e3
 
 
-def conv_variants(conv_types, reference: bool, paths=()):
-    """(label, conv type, options) to time; 'dynamic (reference)' is the peers' implementation,
-    'dynamic (PATH)' forces one of DynamicConv2d's computation paths."""
-    variants = [(t, t, {}) for t in conv_types]
+# "new against old": each conv type's row is compared with this variant's row of the same run
+BASELINES = {"dynamic": "dynamic (reference)", "a2d2c": "a2d2c (eager mix)", "a2d2c_plus": "a2d2c_plus (eager mix)"}
+
+
+def conv_variants(conv_types, reference: bool, paths=(), eager_mix: bool = False):
+    """(label, conv type, options, environment) to time. 'dynamic (reference)' is the peers'
+    implementation, 'dynamic (PATH)' forces one of DynamicConv2d's computation paths, and
+    'X (eager mix)' runs X with the fused mixing kernels off."""
+    variants = [(t, t, {}, {}) for t in conv_types]
     if "dynamic" in conv_types:
-        variants += [(f"dynamic ({p})", "dynamic", {"path": p}) for p in paths]
+        variants += [(f"dynamic ({p})", "dynamic", {"path": p}, {}) for p in paths]
     if reference and "dynamic" in conv_types:
-        variants.append(("dynamic (reference)", "dynamic", {"path": "reference"}))
+        variants.append(("dynamic (reference)", "dynamic", {"path": "reference"}, {}))
+    if eager_mix:
+        variants += [(f"{t} (eager mix)", t, {}, {"A2D2C_FUSED_MIX": "0"})
+                     for t in conv_types if t in ("a2d2c", "a2d2c_plus")]
     return variants
+
+
+@contextlib.contextmanager
+def environ(values: dict):
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def measure(module: nn.Module, inputs: torch.Tensor, mode: str, args, device,
@@ -118,7 +144,7 @@ def measure(module: nn.Module, inputs: torch.Tensor, mode: str, args, device,
 def bench_models(args, device, variants):
     rows = []
     for name in args.models:
-        for label, conv_type, opts in variants:
+        for label, conv_type, opts, env in variants:
             model = build_classifier(name, conv_type, num_classes=1000,
                                      stem="imagenet" if args.image_size >= 64 else "cifar", **opts)
             model = model.to(device)
@@ -127,8 +153,9 @@ def bench_models(args, device, variants):
                 model, x = model.to(memory_format=torch.channels_last), x.contiguous(
                     memory_format=torch.channels_last)
             for mode in args.modes:
-                rows.append({"kind": "model", "name": name, "conv": label, "mode": mode,
-                             **measure(model, x, mode, args, device, is_model=True)})
+                with environ(env):
+                    rows.append({"kind": "model", "name": name, "conv": label, "mode": mode,
+                                 **measure(model, x, mode, args, device, is_model=True)})
             del model
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -140,7 +167,7 @@ def bench_layers(args, device, variants):
     scale = args.image_size / 224
     for name, cin, cout, k, stride, groups, size in LAYERS:
         hw = max(1, round(size * scale))
-        for label, conv_type, opts in variants:
+        for label, conv_type, opts, env in variants:
             layer = create_conv2d(conv_type, cin, cout, k, stride=stride, groups=groups, **opts)
             layer = layer.to(device)
             x = torch.randn(args.batch, cin, hw, hw, device=device)
@@ -148,19 +175,21 @@ def bench_layers(args, device, variants):
                 layer, x = layer.to(memory_format=torch.channels_last), x.contiguous(
                     memory_format=torch.channels_last)
             for mode in args.modes:
-                rows.append({"kind": "layer", "name": f"{name} @{hw}x{hw}", "conv": label,
-                             "mode": mode, **measure(layer, x, mode, args, device, is_model=False)})
+                with environ(env):
+                    rows.append({"kind": "layer", "name": f"{name} @{hw}x{hw}", "conv": label,
+                                 "mode": mode, **measure(layer, x, mode, args, device, is_model=False)})
     return rows
 
 
 def add_ratios(rows):
-    """img/s and memory against static, and ours against the reference dynamic implementation,
-    for the same model/layer and mode, from this run."""
+    """img/s and memory against static, and each conv type against its old implementation
+    (BASELINES), for the same model/layer and mode, from this run."""
     by_conv = lambda conv: {(r["kind"], r["name"], r["mode"]): r for r in rows if r["conv"] == conv}  # noqa: E731
-    static, reference = by_conv("static"), by_conv("dynamic (reference)")
+    static = by_conv("static")
+    baselines = {conv: by_conv(old) for conv, old in BASELINES.items()}
     for r in rows:
         key = (r["kind"], r["name"], r["mode"])
-        ref = reference.get(key) if r["conv"] == "dynamic" else None
+        ref = baselines[r["conv"]].get(key) if r["conv"] in baselines else None
         r["speed_vs_reference"] = r["img_per_s"] / ref["img_per_s"] if ref else None
         base = static.get(key)
         r["speed_vs_static"] = r["img_per_s"] / base["img_per_s"] if base else None
@@ -182,7 +211,9 @@ def markdown(rows, env) -> str:
              f"{env['image_size']}x{env['image_size']}, {env['dtype']}, channels_last="
              f"{env['channels_last']}, compile={env['compile']}", "",
              f"Command: `{env['command']}`", "",
-             "| kind | name | conv | mode | step ms | img/s | × static | × reference | peak MiB | mem × static |",
+             "× old: dynamic against the per-sample-kernel grouped conv (`dynamic (reference)`), a2d2c and "
+             "a2d2c_plus against their eager mixing (`(eager mix)`).", "",
+             "| kind | name | conv | mode | step ms | img/s | × static | × old | peak MiB | mem × static |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['kind']} | {r['name']} | {r['conv']} | {r['mode']} | "
@@ -228,6 +259,8 @@ def parse_args(argv=None):
                    help="also time the usual per-sample-kernel grouped-conv implementation")
     p.add_argument("--paths", nargs="*", default=[], choices=[p for p in PATHS if p != "reference"],
                    help="also time dynamic convs forced onto these computation paths")
+    p.add_argument("--eager-mix", action="store_true",
+                   help="also time a2d2c / a2d2c_plus with the fused Triton mixing off")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -239,7 +272,7 @@ def main(argv=None) -> list:
     args = parse_args(argv)
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = True
-    variants = conv_variants(args.conv_types, args.reference, args.paths)
+    variants = conv_variants(args.conv_types, args.reference, args.paths, args.eager_mix)
     rows = bench_models(args, device, variants)
     if args.layers:
         rows += bench_layers(args, device, variants)

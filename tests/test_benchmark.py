@@ -1,6 +1,7 @@
 """scripts/benchmark.py runs on CPU with small shapes and reports every conv type vs static."""
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 from a2d2c.layers import CONV_TYPES
@@ -19,11 +20,11 @@ def test_benchmark_reports_every_conv_type_against_static(tmp_path):
     bench = load_benchmark()
     bench.main(["--models", "resnet10", "--layers", "--batch", "2", "--image-size", "16",
                 "--warmup", "1", "--iters", "2", "--dtype", "fp32", "--channels-last",
-                "--reference", "--device", "cpu", "--out", str(tmp_path)])
+                "--reference", "--eager-mix", "--device", "cpu", "--out", str(tmp_path)])
     data = json.loads((tmp_path / "bench.json").read_text())
     rows = data["rows"]
     assert data["environment"]["device"].startswith("cpu")
-    labels = set(CONV_TYPES) | {"dynamic (reference)"}
+    labels = set(CONV_TYPES) | {"dynamic (reference)", "a2d2c (eager mix)", "a2d2c_plus (eager mix)"}
     model_rows = [r for r in rows if r["kind"] == "model"]
     assert {(r["conv"], r["mode"]) for r in model_rows} == {(c, m) for c in labels for m in ("train", "infer")}
     layer_names = {r["name"] for r in rows if r["kind"] == "layer"}
@@ -33,6 +34,16 @@ def test_benchmark_reports_every_conv_type_against_static(tmp_path):
         assert r["speed_vs_static"] is not None
         if r["conv"] == "static":
             assert r["speed_vs_static"] == 1.0
-        assert (r["speed_vs_reference"] is not None) == (r["conv"] == "dynamic")
+        assert (r["speed_vs_reference"] is not None) == (r["conv"] in ("dynamic", "a2d2c", "a2d2c_plus"))
     table = (tmp_path / "bench.md").read_text()
     assert "| model | resnet10 | dynamic (reference) | train |" in table
+
+
+def test_eager_mix_variants_run_with_the_fused_kernels_off(monkeypatch):
+    bench = load_benchmark()
+    monkeypatch.delenv("A2D2C_FUSED_MIX", raising=False)
+    variants = {label: env for label, _, _, env in bench.conv_variants(CONV_TYPES, False, (), eager_mix=True)}
+    assert variants["a2d2c (eager mix)"] == {"A2D2C_FUSED_MIX": "0"} and variants["a2d2c"] == {}
+    with bench.environ(variants["a2d2c_plus (eager mix)"]):
+        assert os.environ["A2D2C_FUSED_MIX"] == "0"  # what fused_mix_applies reads on every call
+    assert "A2D2C_FUSED_MIX" not in os.environ
