@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Preemption notices: SLURM sends SIGTERM (or SIGUSR1 with --signal) before killing a job.
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+# Under DDP the stop flag is all-reduced every this many updates, not every update: a collective
+# plus a host read per step would stall the GPU queue. Preemption grace periods are far longer.
+STOP_CHECK_EVERY = 10
 
 
 class Preempted(Exception):
@@ -110,6 +113,7 @@ class Trainer:
         self.step = 0  # optimizer updates completed
         self.batches_done = 0  # micro-batches of epoch `self.epoch` consumed (non-zero after a mid-epoch resume)
         self.skipped_steps = 0  # updates skipped for a non-finite loss (trainer.skip_nonfinite)
+        self._unchecked_losses = []  # (epoch, batch, step, loss on the device) since the last non-finite check
         self.last_checkpoint = None  # the newest checkpoint this run wrote or resumed from
         self._stop_signal = None  # set by the preemption signal handler
         self.tau = None
@@ -236,10 +240,12 @@ class Trainer:
 
         return {signum: signal.signal(signum, request_stop) for signum in PREEMPTION_SIGNALS}
 
-    def _stop_requested(self) -> bool:
+    def _stop_requested(self, every: int = 1) -> bool:
         # Every rank must stop at the same update (checkpointing is collective): any rank's signal stops all.
         flag = self._stop_signal is not None
         if self.dist.world_size > 1:
+            if self.step % every:
+                return False
             flag = distributed.all_reduce_sum(torch.tensor([float(flag)], device=self.device)).item() > 0
         return flag
 
@@ -276,7 +282,11 @@ class Trainer:
             with sync:
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                     loss, step_metrics = self.task.training_step(self.train_model, batch)
-                finite = self._loss_is_finite(loss, epoch, i)
+                if self.cfg.trainer.skip_nonfinite:  # deciding to skip needs the value now: a sync per step
+                    finite = self._loss_is_finite(loss, epoch, i)
+                else:  # checked at the next log step or checkpoint, without waiting for the GPU here
+                    finite = True
+                    self._unchecked_losses.append((epoch, i, self.step + 1, loss.detach()))
                 if finite:
                     loss = loss / self.accum_steps
                     (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
@@ -290,7 +300,7 @@ class Trainer:
                     self.skipped_steps += 1
                 self.batches_done = i + 1
                 if i + 1 < micro_batches:  # the end-of-epoch checkpoint follows evaluation, in fit()
-                    if self._stop_requested():
+                    if self._stop_requested(every=STOP_CHECK_EVERY):
                         raise Preempted(self._stop_signal or signal.SIGTERM, self.save_checkpoint(self.last_metrics, False))
                     if every and stepped and self.step % every == 0:
                         self.save_checkpoint(self.last_metrics, False)
@@ -303,6 +313,7 @@ class Trainer:
             tic = toc
             bar.update()
             if (i + 1) % self.cfg.trainer.log_every == 0 or i + 1 == micro_batches:
+                self._raise_on_nonfinite_loss()
                 bar.set_postfix_str(str(meters), refresh=False)
                 if is_last_micro:
                     self._log({"step": self.step, "epoch": epoch + update_in_epoch / self.updates_per_epoch,
@@ -320,20 +331,40 @@ class Trainer:
                 "train_img_per_s": samples / elapsed, **({"temperature": self.tau} if self.tau is not None else {}),
                 **({"train/skipped_steps": self.skipped_steps} if self.skipped_steps else {})}
 
+    def _raise_on_nonfinite_loss(self):
+        """The deferred check behind trainer.skip_nonfinite=false: one host read per log interval.
+
+        Called at the same points on every rank (log steps, checkpoints), so the all-reduce lines up.
+        """
+        if not self._unchecked_losses:
+            return
+        pending, self._unchecked_losses = self._unchecked_losses, []
+        bad = ~torch.isfinite(torch.stack([loss.float().reshape(()) for *_, loss in pending]))
+        flag = bad.any().float().reshape(1)
+        if self.dist.world_size > 1:
+            distributed.all_reduce_sum(flag)
+        if flag.item() == 0:
+            return
+        local = bad.nonzero()
+        if len(local):
+            epoch, batch, step, loss = pending[local[0].item()]
+            what = f"loss is {loss.item()} at epoch {epoch + 1}, step {step} (batch {batch + 1} of the epoch)"
+        else:
+            what = f"loss is not finite on another rank before step {self.step}"
+        raise NonFiniteLossError(f"{what}; the last good checkpoint is "
+                                 f"{self.last_checkpoint or 'none (no checkpoint written yet)'}; lower optimizer.lr, "
+                                 f"enable trainer.clip_grad_norm, or set trainer.skip_nonfinite=true to skip such steps")
+
     def _loss_is_finite(self, loss: torch.Tensor, epoch: int, batch: int) -> bool:
-        """False for a NaN/inf loss that trainer.skip_nonfinite lets us skip; otherwise such a loss stops the run."""
+        """trainer.skip_nonfinite=true: False (skip this update) for a NaN/inf loss on any rank."""
         bad = torch.tensor([0.0 if math.isfinite(loss.item()) else 1.0], device=self.device)
-        if self.dist.world_size > 1:  # all ranks skip or stop together, or DDP's gradient reduction would hang
+        if self.dist.world_size > 1:  # all ranks skip together, or DDP's gradient reduction would hang
             distributed.all_reduce_sum(bad)
         if bad.item() == 0:
             return True
-        where = f"epoch {epoch + 1}, step {self.step + 1} (batch {batch + 1} of the epoch)"
-        if self.cfg.trainer.skip_nonfinite:
-            log.warning("non-finite loss (%s) at %s: update skipped (%d so far)", loss.item(), where, self.skipped_steps + 1)
-            return False
-        raise NonFiniteLossError(f"loss is {loss.item()} at {where}; the last good checkpoint is "
-                                 f"{self.last_checkpoint or 'none (no checkpoint written yet)'}; lower optimizer.lr, "
-                                 f"enable trainer.clip_grad_norm, or set trainer.skip_nonfinite=true to skip such steps")
+        log.warning("non-finite loss (%s) at epoch %d, step %d (batch %d of the epoch): update skipped (%d so far)",
+                    loss.item(), epoch + 1, self.step + 1, batch + 1, self.skipped_steps + 1)
+        return False
 
     def _apply_schedules(self, epoch: float):
         self.scheduler.step(epoch)
@@ -400,6 +431,7 @@ class Trainer:
         Called at the end of an epoch (batches_done = 0) and, for recovery, between updates.
         Returns the numbered checkpoint's path.
         """
+        self._raise_on_nonfinite_loss()
         directory = self.output_dir / "checkpoints"
         path = ckpt.numbered_checkpoint_path(directory, self.step)
         # Checked on every rank (each would raise alike): NaN weights never replace a good checkpoint.

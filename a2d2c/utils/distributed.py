@@ -43,7 +43,7 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 def init_distributed(device_name: str = "auto") -> DistInfo:
     """Join the process group described by the torchrun (or SLURM) environment, if there is one.
 
-    NCCL on GPUs, gloo on CPUs; the rendezvous is env:// (MASTER_ADDR / MASTER_PORT).
+    NCCL (plus gloo for CPU tensors) on GPUs, gloo on CPUs; the rendezvous is env:// (MASTER_ADDR / MASTER_PORT).
     """
     if "RANK" not in os.environ:
         os.environ.update(slurm_environment())
@@ -58,7 +58,9 @@ def init_distributed(device_name: str = "auto") -> DistInfo:
         device = resolve_device(device_name, info.local_rank)
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # On GPUs, NCCL for CUDA tensors and gloo for the few CPU ones (meters, RNG states): NCCL alone
+        # refuses CPU tensors.
+        dist.init_process_group("cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo")
     return info
 
 

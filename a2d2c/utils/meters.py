@@ -6,6 +6,10 @@ import torch
 from a2d2c.utils.distributed import all_reduce_sum
 
 
+def _to_float(value) -> float:
+    return value.item() if isinstance(value, torch.Tensor) else float(value)
+
+
 class SmoothedValue:
     """A window median/average for display plus an exact global average for reporting."""
 
@@ -15,31 +19,38 @@ class SmoothedValue:
         self.count = 0
         self.fmt = fmt
 
-    def update(self, value: float, n: int = 1):
+    def update(self, value, n: int = 1):
+        """`value` is a number or a 0-d tensor; a tensor stays on its device until the meter is read,
+        so updating every step never waits for the GPU (reading it, at log intervals, does)."""
+        if isinstance(value, torch.Tensor):
+            value = value.detach().reshape(()).double()
         self.window.append(value)
         self.count += n
-        self.total += value * n
+        self.total = self.total + value * n
+
+    def _floats(self):
+        return [_to_float(v) for v in self.window]
 
     def synchronize_between_processes(self):
         """Make `global_avg` the average over all ranks (the window stays local)."""
-        stats = all_reduce_sum(torch.tensor([self.count, self.total], dtype=torch.float64))
+        stats = all_reduce_sum(torch.tensor([self.count, _to_float(self.total)], dtype=torch.float64))
         self.count, self.total = int(stats[0].item()), stats[1].item()
 
     @property
     def median(self) -> float:
-        return torch.tensor(list(self.window)).median().item() if self.window else float("nan")
+        return torch.tensor(self._floats()).median().item() if self.window else float("nan")
 
     @property
     def avg(self) -> float:
-        return sum(self.window) / len(self.window) if self.window else float("nan")
+        return sum(self._floats()) / len(self.window) if self.window else float("nan")
 
     @property
     def global_avg(self) -> float:
-        return self.total / self.count if self.count else float("nan")
+        return _to_float(self.total) / self.count if self.count else float("nan")
 
     @property
     def value(self) -> float:
-        return self.window[-1] if self.window else float("nan")
+        return _to_float(self.window[-1]) if self.window else float("nan")
 
     def __str__(self):
         return self.fmt.format(median=self.median, avg=self.avg, global_avg=self.global_avg, value=self.value)
@@ -56,9 +67,7 @@ class MetricLogger:
 
     def update(self, n: int = 1, **values):
         for name, value in values.items():
-            if isinstance(value, torch.Tensor):
-                value = value.item()
-            self.meters[name].update(float(value), n)
+            self.meters[name].update(value, n)
 
     def synchronize_between_processes(self):
         for meter in self.meters.values():
