@@ -16,7 +16,7 @@ import torch
 from a2d2c.data import build_train_loader
 from a2d2c.data.digits import Digits
 from a2d2c.engine import Trainer
-from a2d2c.engine.trainer import NonFiniteLossError
+from a2d2c.engine.divergence import NonFiniteLossError
 from a2d2c.utils import checkpoint as ckpt
 from a2d2c.utils.distributed import DistInfo
 from train_utils import QUIET, REPO, TINY, compose_config

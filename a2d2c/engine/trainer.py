@@ -24,6 +24,8 @@ from tqdm import tqdm
 
 from a2d2c.data import build_eval_loader, build_train_loader
 from a2d2c.data.aspect_ratio import build_grouped_train_loader
+from a2d2c.engine.divergence import DivergenceGuard
+from a2d2c.engine.run_state import capture_run_state, restore_run_state
 from a2d2c.layers import annealed_temperature, set_temperature
 from a2d2c.utils import checkpoint as ckpt
 from a2d2c.utils import distributed
@@ -50,10 +52,6 @@ class Preempted(Exception):
         self.signum, self.checkpoint = signum, checkpoint
         super().__init__(f"received {signal.Signals(signum).name}: saved {checkpoint}; "
                          f"rerun with trainer.resume=auto to continue")
-
-
-class NonFiniteLossError(ConfigError):
-    """Training diverged (NaN/inf loss or weights). One line naming the step and the last good checkpoint."""
 
 
 def amp_dtype_from_config(amp):
@@ -113,7 +111,7 @@ class Trainer:
         self.step = 0  # optimizer updates completed
         self.batches_done = 0  # micro-batches of epoch `self.epoch` consumed (non-zero after a mid-epoch resume)
         self.skipped_steps = 0  # updates skipped for a non-finite loss (trainer.skip_nonfinite)
-        self._unchecked_losses = []  # (epoch, batch, step, loss on the device) since the last non-finite check
+        self.divergence = DivergenceGuard(tcfg.skip_nonfinite, self.dist.world_size, self.device)
         self.last_checkpoint = None  # the newest checkpoint this run wrote or resumed from
         self._stop_signal = None  # set by the preemption signal handler
         self.tau = None
@@ -155,25 +153,7 @@ class Trainer:
         else:
             path = Path(resume)
             state = ckpt.load_checkpoint(path)
-        ckpt.check_same_model(state["config"], self.cfg, path)
-        ckpt.load_weights(self.model, state["model"], path)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if self.scaler is not None and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        if self.ema is not None and state.get("ema"):
-            self.ema.load_state_dict(state["ema"])
-        self.epoch, self.step, self.best = state["epoch"], state["step"], state["best"]
-        self.batches_done = state.get("batches_done", 0)
-        self.skipped_steps = state.get("skipped_steps", 0)
-        self.last_checkpoint = path
-        self.last_metrics = state["metrics"]
-        self.wall_time_s = state.get("wall_time_s", 0.0)
-        self.tracker_id = state.get("wandb_run_id")
-        if state.get("temperature") is not None:
-            self._set_temperature(state["temperature"])
-        rng = state["rng"]
-        ckpt.restore_rng_state(rng[self.dist.rank] if self.dist.rank < len(rng) else rng[0])
+        restore_run_state(self, state, path)
         log.info("resumed from %s at epoch %d, step %d%s", path, self.epoch, self.step,
                  f" (mid-epoch, after {self.batches_done} batches)" if self.batches_done else "")
 
@@ -282,11 +262,7 @@ class Trainer:
             with sync:
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                     loss, step_metrics = self.task.training_step(self.train_model, batch)
-                if self.cfg.trainer.skip_nonfinite:  # deciding to skip needs the value now: a sync per step
-                    finite = self._loss_is_finite(loss, epoch, i)
-                else:  # checked at the next log step or checkpoint, without waiting for the GPU here
-                    finite = True
-                    self._unchecked_losses.append((epoch, i, self.step + 1, loss.detach()))
+                finite = self.divergence.loss_is_usable(loss, epoch, i, self.step + 1)
                 if finite:
                     loss = loss / self.accum_steps
                     (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
@@ -313,7 +289,7 @@ class Trainer:
             tic = toc
             bar.update()
             if (i + 1) % self.cfg.trainer.log_every == 0 or i + 1 == micro_batches:
-                self._raise_on_nonfinite_loss()
+                self.divergence.check(self.last_checkpoint)
                 bar.set_postfix_str(str(meters), refresh=False)
                 if is_last_micro:
                     self._log({"step": self.step, "epoch": epoch + update_in_epoch / self.updates_per_epoch,
@@ -330,41 +306,6 @@ class Trainer:
         return {"train/loss": averages.get("train/loss", math.nan), "lr": self.optimizer.param_groups[0]["lr"],
                 "train_img_per_s": samples / elapsed, **({"temperature": self.tau} if self.tau is not None else {}),
                 **({"train/skipped_steps": self.skipped_steps} if self.skipped_steps else {})}
-
-    def _raise_on_nonfinite_loss(self):
-        """The deferred check behind trainer.skip_nonfinite=false: one host read per log interval.
-
-        Called at the same points on every rank (log steps, checkpoints), so the all-reduce lines up.
-        """
-        if not self._unchecked_losses:
-            return
-        pending, self._unchecked_losses = self._unchecked_losses, []
-        bad = ~torch.isfinite(torch.stack([loss.float().reshape(()) for *_, loss in pending]))
-        flag = bad.any().float().reshape(1)
-        if self.dist.world_size > 1:
-            distributed.all_reduce_sum(flag)
-        if flag.item() == 0:
-            return
-        local = bad.nonzero()
-        if len(local):
-            epoch, batch, step, loss = pending[local[0].item()]
-            what = f"loss is {loss.item()} at epoch {epoch + 1}, step {step} (batch {batch + 1} of the epoch)"
-        else:
-            what = f"loss is not finite on another rank before step {self.step}"
-        raise NonFiniteLossError(f"{what}; the last good checkpoint is "
-                                 f"{self.last_checkpoint or 'none (no checkpoint written yet)'}; lower optimizer.lr, "
-                                 f"enable trainer.clip_grad_norm, or set trainer.skip_nonfinite=true to skip such steps")
-
-    def _loss_is_finite(self, loss: torch.Tensor, epoch: int, batch: int) -> bool:
-        """trainer.skip_nonfinite=true: False (skip this update) for a NaN/inf loss on any rank."""
-        bad = torch.tensor([0.0 if math.isfinite(loss.item()) else 1.0], device=self.device)
-        if self.dist.world_size > 1:  # all ranks skip together, or DDP's gradient reduction would hang
-            distributed.all_reduce_sum(bad)
-        if bad.item() == 0:
-            return True
-        log.warning("non-finite loss (%s) at epoch %d, step %d (batch %d of the epoch): update skipped (%d so far)",
-                    loss.item(), epoch + 1, self.step + 1, batch + 1, self.skipped_steps + 1)
-        return False
 
     def _apply_schedules(self, epoch: float):
         self.scheduler.step(epoch)
@@ -431,42 +372,15 @@ class Trainer:
         Called at the end of an epoch (batches_done = 0) and, for recovery, between updates.
         Returns the numbered checkpoint's path.
         """
-        self._raise_on_nonfinite_loss()
+        self.divergence.check(self.last_checkpoint)
+        self.divergence.check_weights(self.model, self.epoch, self.step, self.last_checkpoint)
         directory = self.output_dir / "checkpoints"
         path = ckpt.numbered_checkpoint_path(directory, self.step)
-        # Checked on every rank (each would raise alike): NaN weights never replace a good checkpoint.
-        bad = [name for name, p in self.model.state_dict().items() if p.is_floating_point() and not torch.isfinite(p).all()]
-        if bad:
-            raise NonFiniteLossError(f"weights are not finite at epoch {self.epoch + 1}, step {self.step} ({bad[0]} and "
-                                     f"{len(bad) - 1} more); not saving over the last good checkpoint "
-                                     f"{self.last_checkpoint or '(none written yet)'}; lower optimizer.lr or enable "
-                                     f"trainer.clip_grad_norm")
-        # Every rank's RNG state, so each rank resumes its own random stream.
         rng = distributed.all_gather_object(ckpt.capture_rng_state())
         if not self.dist.is_main:
             self.last_checkpoint = path
             return path
-        state = {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            "epoch": self.epoch,
-            "step": self.step,
-            "batches_done": self.batches_done,
-            "skipped_steps": self.skipped_steps,
-            "temperature": self.tau,
-            "metrics": metrics,
-            "best": self.best,
-            "wall_time_s": self.wall_time_s,
-            "rng": rng,
-            "wandb_run_id": self.tracker_id,
-            "config": OmegaConf.to_container(self.cfg, resolve=True),
-            # With interpolations kept, so eval.py can re-derive paths after e.g. `dataset.root=...`.
-            "config_unresolved": OmegaConf.to_container(self.cfg, resolve=False),
-            "complexity": self.complexity,
-        }
+        state = capture_run_state(self, metrics, rng)
         ckpt.save_checkpoint(state, path)
         ckpt.copy_checkpoint(path, directory / "last.pt")
         if is_best:
