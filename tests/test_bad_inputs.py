@@ -15,7 +15,7 @@ from a2d2c.data.tolerant_folder import TolerantImageFolder
 from a2d2c.layers import create_conv2d
 from a2d2c.utils.errors import ConfigError
 from test_cli import assert_one_line_error
-from train_utils import run_script
+from train_utils import QUIET, TINY, compose_config, run_script
 
 
 # ----------------------------------------------------------------------------- config typos
@@ -34,6 +34,14 @@ def test_a_typo_in_a_key_or_choice_names_the_nearest_valid_one(override, fragmen
 def test_a_typo_in_an_eval_key_names_the_nearest_valid_one(tmp_path):
     proc = run_script("eval.py", "checkpont=run/best.pt", f"hydra.run.dir={tmp_path}")
     assert_one_line_error(proc, "unknown config key 'checkpont'", "did you mean 'checkpoint'?")
+
+
+@pytest.mark.parametrize("epochs", [0, -1])
+def test_no_epochs_to_train_is_one_config_error_pointing_at_eval(epochs, tmp_path):
+    from a2d2c.engine.trainer import Trainer
+    with pytest.raises(ConfigError, match=rf"trainer.epochs={epochs} trains nothing; use a count >= 1 .*eval.py"):
+        Trainer(compose_config(*TINY, *QUIET, f"trainer.epochs={epochs}"), tmp_path)
+    assert not any(tmp_path.iterdir())  # nothing written
 
 
 # ------------------------------------------------------------------ shapes that do not divide

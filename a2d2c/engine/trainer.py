@@ -64,6 +64,9 @@ class Trainer:
     def __init__(self, cfg: DictConfig, output_dir):
         self.cfg = cfg
         tcfg = cfg.trainer
+        if tcfg.epochs < 1:
+            raise ConfigError(f"trainer.epochs={tcfg.epochs} trains nothing; use a count >= 1 "
+                              f"(to score a checkpoint, run eval.py checkpoint=<path>)")
         self.output_dir = Path(output_dir)
         self.dist = distributed.init_distributed(tcfg.device)
         self.device = distributed.resolve_device(tcfg.device, self.dist.local_rank)
