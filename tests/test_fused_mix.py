@@ -1,14 +1,8 @@
 """The fused Triton mixing kernels against the eager formula and the naive references.
 
-On CPU the kernels run under Triton's interpreter. TRITON_INTERPRET=1 must be set before triton is
-first imported (it decides how every @triton.jit function, triton's own included, is built), so
-``test_kernels_under_the_interpreter`` reruns this file in a fresh process with it set.
+On CPU the kernels run under Triton's interpreter, in a process of their own (triton_utils.py).
 """
 import copy
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,27 +10,13 @@ import torch
 from a2d2c.layers import create_conv2d, fused_mix as fused_mix_module
 from a2d2c.layers.functional import mix_responses, mix_responses_eager
 from reference_convs import reference
+from triton_utils import needs_interpreter, rerun_under_interpreter
 
 pytest.importorskip("triton")
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def test_kernels_under_the_interpreter():
-    if INTERPRETED:
-        pytest.skip("this is the interpreted run")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "A2D2C_FUSED_MIX": "1"}
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-                         cwd=Path(__file__).parents[1], env=env, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
-    assert " passed" in run.stdout and " failed" not in run.stdout
-
-
-@pytest.fixture
-def interpreted():
-    """fused_mix with its kernels interpreted on CPU tensors."""
-    if not INTERPRETED:
-        pytest.skip("runs in test_kernels_under_the_interpreter's process")
-    return fused_mix_module
+    rerun_under_interpreter(__file__)
 
 
 def rel_err(a, b):
@@ -66,36 +46,40 @@ def check_against_eager(fused, responses, attn, bias, tol):
     return y
 
 
+@needs_interpreter
 @pytest.mark.parametrize("per_position", [True, False], ids=["a2d2c-attention", "dyconv-attention"])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_fused_mix_equals_the_eager_formula_with_gradients(interpreted, per_position, bias, channels_last):
+def test_fused_mix_equals_the_eager_formula_with_gradients(per_position, bias, channels_last):
     b, k, o, h, w = 3, 4, 10, 5, 7  # O and H*W not multiples of the block sizes
     responses = responses_like_a_conv(b, k, o, h, w, channels_last)
     attn = torch.randn(b, k, h, w) if per_position else torch.randn(b, k)
-    y = check_against_eager(interpreted.fused_mix, responses, attn.softmax(1),
+    y = check_against_eager(fused_mix_module.fused_mix, responses, attn.softmax(1),
                             torch.randn(k, o) if bias else None, tol=1e-6)
     assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
-def test_fused_mix_keeps_half_precision_responses_and_accumulates_in_float(interpreted):
+@needs_interpreter
+def test_fused_mix_keeps_half_precision_responses_and_accumulates_in_float():
     responses = responses_like_a_conv(2, 3, 8, 4, 4, channels_last=True, dtype=torch.float16)
-    check_against_eager(interpreted.fused_mix, responses, torch.randn(2, 3, 4, 4).softmax(1), None, tol=2e-3)
+    check_against_eager(fused_mix_module.fused_mix, responses, torch.randn(2, 3, 4, 4).softmax(1), None, tol=2e-3)
 
 
-def test_only_the_gradients_that_are_needed_are_written(interpreted):
+@needs_interpreter
+def test_only_the_gradients_that_are_needed_are_written():
     responses = responses_like_a_conv(2, 3, 8, 4, 4, channels_last=False)  # no grad: a frozen conv
     attn = torch.randn(2, 3, 4, 4).softmax(1).requires_grad_()
-    (grad_attn,) = torch.autograd.grad(interpreted.fused_mix(responses, attn).sum(), [attn])
+    (grad_attn,) = torch.autograd.grad(fused_mix_module.fused_mix(responses, attn).sum(), [attn])
     (grad_ref,) = torch.autograd.grad(mix_responses_eager(responses, attn).sum(), [attn])
     assert rel_err(grad_attn, grad_ref) < 1e-6
 
 
+@needs_interpreter
 @pytest.mark.parametrize("conv_type,opts", [("a2d2c", {}), ("a2d2c_plus", {}), ("dynamic", {"path": "responses"})])
 @pytest.mark.parametrize("groups", [1, 2])
-def test_layers_take_the_fused_path_and_match_the_naive_reference(interpreted, monkeypatch, conv_type, opts, groups):
+def test_layers_take_the_fused_path_and_match_the_naive_reference(monkeypatch, conv_type, opts, groups):
     calls = []
-    monkeypatch.setattr(interpreted, "fused_mix", lambda *a: calls.append(1) or interpreted._FusedMix.apply(*a))
+    monkeypatch.setattr(fused_mix_module, "fused_mix", lambda *a: calls.append(1) or fused_mix_module._FusedMix.apply(*a))
     m = create_conv2d(conv_type, 4, 6, 3, stride=2, groups=groups, bias=conv_type != "a2d2c_plus", **opts)
     x = torch.randn(3, 4, 9, 8)
     out = m(x)
@@ -105,15 +89,16 @@ def test_layers_take_the_fused_path_and_match_the_naive_reference(interpreted, m
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters() if p.requires_grad)
 
 
-def test_eager_formula_where_the_kernels_do_not_apply(interpreted, monkeypatch):
+@needs_interpreter
+def test_eager_formula_where_the_kernels_do_not_apply(monkeypatch):
     responses, attn = torch.randn(2, 3, 4, 5, 5), torch.randn(2, 3)
-    assert interpreted.fused_mix_applies(responses, attn)
-    assert not interpreted.fused_mix_applies(responses.double(), attn.double())  # float64: the references
+    assert fused_mix_module.fused_mix_applies(responses, attn)
+    assert not fused_mix_module.fused_mix_applies(responses.double(), attn.double())  # float64: the references
     monkeypatch.setenv("A2D2C_FUSED_MIX", "0")
-    assert not interpreted.fused_mix_applies(responses, attn)
+    assert not fused_mix_module.fused_mix_applies(responses, attn)
     monkeypatch.setenv("A2D2C_FUSED_MIX", "1")
     monkeypatch.setenv("TRITON_INTERPRET", "0")  # (read per call by fused_mix_applies)
-    assert not interpreted.fused_mix_applies(responses, attn)  # CPU tensors only under the interpreter
+    assert not fused_mix_module.fused_mix_applies(responses, attn)  # CPU tensors only under the interpreter
     assert torch.equal(mix_responses(responses, attn), mix_responses_eager(responses, attn))
 
 

@@ -34,7 +34,7 @@ def test_matches_naive_reference(conv_type, grouping, kernel_size, stride, dilat
         assert rel_err(m(x), reference(m, x)) < 1e-10
 
 
-@pytest.mark.parametrize("path", ["aggregate", "unfold", "responses", "reference", "tune"])
+@pytest.mark.parametrize("path", ["aggregate", "unfold", "triton", "responses", "reference", "tune"])
 @pytest.mark.parametrize("grouping,stride,batch", itertools.product(GROUPINGS, (1, 2), (1, 3)))
 def test_dynamic_paths_match_reference(path, grouping, stride, batch):
     m = build("dynamic", grouping, stride=stride, path=path).double()

@@ -9,7 +9,7 @@ from reference_convs import reference
 
 pytestmark = pytest.mark.gpu
 
-CASES = [("dynamic", {"path": p}) for p in ("aggregate", "unfold", "responses", "reference", "tune")] + \
+CASES = [("dynamic", {"path": p}) for p in ("aggregate", "unfold", "triton", "responses", "reference", "tune")] + \
         [("a2d2c", {}), ("a2d2c_plus", {})]
 
 

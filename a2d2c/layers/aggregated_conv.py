@@ -1,9 +1,11 @@
 """Per-sample aggregated kernels, without keeping the kernels for backward.
 
-Two ways to convolve each sample with its own kernel W_b = sum_k pi_bk W_k:
+Three ways to convolve each sample with its own kernel W_b = sum_k pi_bk W_k:
   * ``grouped``: all samples as one grouped conv with groups = B * g;
   * ``unfold``: im2col + one batched matrix product, out_b = W_b @ cols(x_b): static FLOPs on
-    the GEMM units, without the grouped conv's poor kernels for large per-sample weights.
+    the GEMM units, without the grouped conv's poor kernels for large per-sample weights;
+  * ``triton``: per-sample implicit-GEMM Triton kernels that build W_b tiles on the fly
+    (per_sample_conv.py; dense convs on CUDA).
 
 The usual implementation (timm's CondConv2d, DyConv re-implementations) builds
 W_b = sum_k pi_bk W_k for every sample and lets autograd keep those B x O x C/g x kh x kw
@@ -23,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .functional import aggregate_kernels
+from .per_sample_conv import per_sample_conv, per_sample_conv_backward
 
 
 def _grouped_conv(x, kernels, stride, padding, dilation, groups):
@@ -79,6 +82,8 @@ class _PerSampleConv(torch.autograd.Function):
         ctx.conv = (stride, padding, dilation, groups)
         ctx.method = method
         ctx.save_for_backward(x, attn, weight)
+        if method == "triton":  # groups = 1; the kernels are built tile by tile inside
+            return per_sample_conv(x, attn, weight, stride, padding, dilation)
         conv = _METHODS[method][0]
         return conv(x, aggregate_kernels(attn, weight), stride, padding, dilation, groups)
 
@@ -86,9 +91,13 @@ class _PerSampleConv(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, attn, weight = ctx.saved_tensors
         need_x, need_attn, need_weight = ctx.needs_input_grad[:3]
-        backward = _METHODS[ctx.method][1]
-        grad_x, grad_kernels = backward(grad_out, x, aggregate_kernels(attn, weight), *ctx.conv,
-                                        (need_x, need_attn or need_weight))
+        needs = (need_x, need_attn or need_weight)
+        if ctx.method == "triton":
+            stride, padding, dilation, _ = ctx.conv
+            grad_x, grad_kernels = per_sample_conv_backward(grad_out, x, attn, weight, stride, padding, dilation, needs)
+        else:
+            backward = _METHODS[ctx.method][1]
+            grad_x, grad_kernels = backward(grad_out, x, aggregate_kernels(attn, weight), *ctx.conv, needs)
         grad_attn = grad_weight = None
         if grad_kernels is not None:
             # dL/dpi_bk = <dL/dW_b, W_k>,  dL/dW_k = sum_b pi_bk dL/dW_b
@@ -112,13 +121,18 @@ def aggregated_conv(x: torch.Tensor, attn: torch.Tensor, weight: torch.Tensor,
                     method: str = "grouped", save_kernels: bool = False) -> torch.Tensor:
     """conv(x_b, sum_k attn_bk W_k) + sum_k attn_bk b_k for every sample b.
 
-    ``method``: "grouped" (one grouped conv) or "unfold" (im2col + batched matmul).
+    ``method``: "grouped" (one grouped conv), "unfold" (im2col + batched matmul) or "triton"
+    (per_sample_conv.py; the caller checks ``per_sample_conv_applies``).
     ``save_kernels=True`` is the plain autograd version that keeps the per-sample kernels
     (the peers' implementation, for benchmarks). At batch 1 the kernel is built once and used
     in an ordinary conv.
     """
     b = x.shape[0]
-    plain = _METHODS[method][0]
+    if method == "triton" and b > 1 and not torch.is_grad_enabled():  # inference: no kernels in memory at all
+        dtype = _autocast_dtype(x.device.type) or x.dtype
+        out = per_sample_conv(x.to(dtype), attn.to(dtype), weight.to(dtype), stride, padding, dilation)
+        return out if bias is None else out + (attn @ bias.to(attn.dtype)).to(out.dtype)[:, :, None, None]
+    plain = _METHODS["grouped" if method == "triton" else method][0]
     if b == 1 or save_kernels or not torch.is_grad_enabled():
         kernels = aggregate_kernels(attn, weight)
         out = (F.conv2d(x, kernels[0], None, stride, padding, dilation, groups) if b == 1

@@ -7,12 +7,13 @@ import torch
 import torch.nn as nn
 
 from .aggregated_conv import aggregated_conv
+from .per_sample_conv import per_sample_conv_applies
 from .functional import conv_responses, mix_responses
 from .kernel_attention import KernelAttention
 from .mixture_conv import IntOrPair, MixtureConv2d, init_like_conv2d_
-from .path_tuning import TUNER, default_path
+from .path_tuning import TUNABLE_PATHS, TUNER, default_path
 
-PATHS = ("auto", "tune", "aggregate", "unfold", "responses", "reference")
+PATHS = ("auto", "tune", "aggregate", "unfold", "triton", "responses", "reference")
 
 
 class DynamicConv2d(MixtureConv2d):
@@ -22,10 +23,12 @@ class DynamicConv2d(MixtureConv2d):
       * ``aggregate``: per-sample kernels and one grouped conv (DyConv's canonical form), with
         a backward that recomputes the kernels instead of keeping them;
       * ``unfold``: per-sample kernels applied by im2col + batched matmul, same backward trick;
+      * ``triton``: per-sample implicit-GEMM Triton kernels that never materialise the kernels
+        (dense convs on CUDA; elsewhere this is ``aggregate``);
       * ``responses``: K responses in one dense conv, then mixed;
       * ``auto``: ``path_tuning.default_path``, a rule from measured GPU timings;
-      * ``tune``: time aggregate / unfold / responses the first time a shape is met and keep
-        the fastest (falls back to ``auto`` inside torch.compile);
+      * ``tune``: time aggregate / unfold / responses (and triton where it applies) the first
+        time a shape is met and keep the fastest (falls back to ``auto`` inside torch.compile);
       * ``reference``: the usual implementation (per-sample kernels kept by autograd, grouped
         conv), for benchmarks.
     Batch 1 always aggregates the kernel once. ONNX export always takes ``responses``: its graph
@@ -59,13 +62,16 @@ class DynamicConv2d(MixtureConv2d):
     def select_path(self, x: torch.Tensor) -> str:
         if torch.onnx.is_in_onnx_export():
             return "responses"
+        if self.path == "triton" and not per_sample_conv_applies(x, self.groups):
+            return "aggregate"
         if self.path not in ("auto", "tune"):
             return self.path
         h, w = self.output_size(x.shape[-2], x.shape[-1])
         rule = default_path(x.shape[0], h * w, self.groups)
         if self.path == "auto" or x.shape[0] == 1 or torch.compiler.is_compiling():
             return rule
-        return TUNER.choose(self._tuning_key(x), lambda p: self._time_path(p, x), x.device)
+        candidates = TUNABLE_PATHS + (("triton",) if per_sample_conv_applies(x, self.groups) else ())
+        return TUNER.choose(self._tuning_key(x), lambda p: self._time_path(p, x), x.device, candidates)
 
     def _tuning_key(self, x: torch.Tensor):
         autocast = torch.get_autocast_dtype(x.device.type) \
@@ -88,7 +94,7 @@ class DynamicConv2d(MixtureConv2d):
             return mix_responses(conv_responses(x, self.weight, *self.conv_args()), attn,
                                  self.bias)
         return aggregated_conv(x, attn, self.weight, self.bias, *self.conv_args(),
-                               method="unfold" if path == "unfold" else "grouped",
+                               method=path if path in ("unfold", "triton") else "grouped",
                                save_kernels=path == "reference")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
