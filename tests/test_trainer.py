@@ -1,5 +1,7 @@
 """The training loop on tiny synthetic runs: resume, schedules, τ annealing, precision, checkpoints."""
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -199,3 +201,33 @@ def test_evaluating_ema_weights_of_a_run_without_ema_is_a_config_error(tmp_path)
     Trainer(compose_config(*TINY, *QUIET, "conv=static", "trainer.epochs=1"), tmp_path).fit()
     with pytest.raises(ConfigError, match="no EMA weights"):
         evaluate_checkpoint(tmp_path / "checkpoints" / "last.pt", ema=True)
+
+
+@pytest.mark.parametrize("conv", ["dynamic", "a2d2c"])
+def test_the_training_loop_reads_no_tensor_value_between_log_steps(tmp_path, monkeypatch, conv):
+    """Reading a value (item, bool, float, tolist) of a GPU tensor waits for the GPU: once per step, that
+    stalls the queue. The package's own code (data loading aside) may read values only at log steps,
+    checkpoints and evaluation; here no log step falls inside the batches watched."""
+    trainer = Trainer(compose_config(*TINY, *QUIET, f"conv={conv}", "trainer.epochs=1", "trainer.log_every=1000",
+                                     "dataset.train_size=64"), tmp_path)
+    last = trainer.updates_per_epoch - 1  # the epoch's last batch is a log step
+    state, reads = {"batch": -1}, []
+    move_batch = trainer.task.move_batch
+
+    def counting_move_batch(*args, **kwargs):
+        state["batch"] += 1
+        return move_batch(*args, **kwargs)
+
+    monkeypatch.setattr(trainer.task, "move_batch", counting_move_batch)
+    package = str(Path(__file__).resolve().parents[1] / "a2d2c")
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        def spy(self, *args, _original=getattr(torch.Tensor, name), _name=name, **kwargs):
+            caller = sys._getframe(1)
+            where = caller.f_code.co_filename
+            if 1 <= state["batch"] < last and where.startswith(package) and "/data/" not in where:
+                reads.append(f"{_name} at {where}:{caller.f_lineno}")
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    trainer.fit()
+    assert state["batch"] > last  # the watched batches ran, then evaluation
+    assert reads == []
