@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from a2d2c.layers import CONV_TYPES, create_conv2d  # noqa: E402
 from a2d2c.layers.dynamic_conv import PATHS  # noqa: E402
+from a2d2c.layers.fused_mix import fused_mix_applies  # noqa: E402
 from a2d2c.models import build_classifier  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -200,7 +201,9 @@ def add_ratios(rows):
 
 def environment(args, device) -> dict:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    probe = torch.empty(1, 1, 1, 1, 1, device=device)
     return {"device": f"{device.type}: {name}", "torch": torch.__version__,
+            "fused_mix": fused_mix_applies(probe, probe[:, :, 0, 0, 0]),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
             "threads": torch.get_num_threads(), **{k: v for k, v in vars(args).items() if k != "out"}}
 
@@ -212,7 +215,9 @@ def markdown(rows, env) -> str:
              f"{env['channels_last']}, compile={env['compile']}", "",
              f"Command: `{env['command']}`", "",
              "× old: dynamic against the per-sample-kernel grouped conv (`dynamic (reference)`), a2d2c and "
-             "a2d2c_plus against their eager mixing (`(eager mix)`).", "",
+             "a2d2c_plus against their eager mixing (`(eager mix)`)."
+             + ("" if env["fused_mix"] else " The fused mixing kernels do not run on this device: there, a2d2c "
+                "and its eager mix are the same computation."), "",
              "| kind | name | conv | mode | step ms | img/s | × static | × old | peak MiB | mem × static |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -35,7 +35,9 @@ def test_benchmark_reports_every_conv_type_against_static(tmp_path):
         if r["conv"] == "static":
             assert r["speed_vs_static"] == 1.0
         assert (r["speed_vs_reference"] is not None) == (r["conv"] in ("dynamic", "a2d2c", "a2d2c_plus"))
+    assert data["environment"]["fused_mix"] is False  # CPU tensors, no interpreter
     table = (tmp_path / "bench.md").read_text()
+    assert "a2d2c and its eager mix are the same computation" in table
     assert "| model | resnet10 | dynamic (reference) | train |" in table
 
 
