@@ -158,6 +158,21 @@ def test_tuned_path_is_measured_once_and_cached():
     assert m.select_path(x) == chosen
 
 
+def test_a_path_that_fails_while_tuning_is_skipped_with_a_warning(caplog):
+    from a2d2c.layers.path_tuning import PathTuner
+
+    def run(path):
+        if path == "unfold":
+            raise RuntimeError("CUDA out of memory. Tried to allocate 9.00 GiB")
+
+    with caplog.at_level("WARNING"):
+        chosen = PathTuner(repeats=1).choose("key", run, torch.device("cpu"), ("unfold", "responses"))
+    assert chosen == "responses"
+    assert "path 'unfold' failed while tuning key, not a candidate there: CUDA out of memory" in caplog.text
+    with pytest.raises(RuntimeError, match="no computation path ran for key; tried unfold"):
+        PathTuner().choose("key", run, torch.device("cpu"), ("unfold",))
+
+
 def test_options_have_documented_defaults():
     d = create_conv2d("dynamic", 16, 32, 3)
     assert d.num_kernels == 4 and d.temperature == 1.0
