@@ -11,40 +11,24 @@ the largest tensors of an A2D2C layer. Here the forward reads R once and writes 
 reads R and the output gradient g once per k and writes dR and da in the same pass. Any strides are
 accepted (NCHW or channels_last, R as the view a conv returns), so nothing is copied first.
 
-Used on CUDA tensors when Triton is importable, and on CPU tensors under Triton's interpreter
-(``TRITON_INTERPRET=1``, how the tests check it against the eager formula). torch.compile, ONNX
-export and tracing take the eager formula: Inductor fuses it itself, exporters need plain ops.
-Set ``A2D2C_FUSED_MIX=0`` to turn the kernels off.
+Where it runs: triton_support.py (CUDA; CPU under the interpreter; never inside torch.compile or
+export). Set ``A2D2C_FUSED_MIX=0`` to turn it off.
 """
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - triton ships with torch's Linux wheels
-    triton = None
-
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+from .triton_support import capturing_graph, fused_responses_enabled, tl, triton, triton_runs_on
 
 
 def fused_mix_applies(responses: torch.Tensor, attn: torch.Tensor) -> bool:
     """Whether ``mix_responses`` should run the kernels for these inputs."""
-    if triton is None or os.environ.get("A2D2C_FUSED_MIX", "1") == "0":
+    if not fused_responses_enabled() or capturing_graph():
         return False
-    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-        return False
-    on_device = responses.is_cuda if not _interpreting() else responses.device.type == "cpu"
-    return (on_device and responses.dtype in _DTYPES and attn.dtype in _DTYPES
-            and attn.device == responses.device and attn.dim() in (2, 4) and responses.dim() == 5)
+    return (triton_runs_on(responses) and triton_runs_on(attn) and attn.device == responses.device
+            and attn.dim() in (2, 4) and responses.dim() == 5)
 
 
 if triton is not None:

@@ -32,7 +32,18 @@ class KernelAttention(nn.Module):
 
 
 def response_evidence(responses: torch.Tensor) -> torch.Tensor:
-    """B x K x O x H x W -> B x 2K x H x W: [channel-mean of each R_k, channel-max of each R_k]."""
+    """B x K x O x H x W -> B x 2K x H x W: [channel-mean of each R_k, channel-max of each R_k].
+
+    On a GPU, one Triton pass (fused_evidence.py); elsewhere the eager ops below.
+    """
+    from .fused_evidence import fused_evidence, fused_evidence_applies  # on first use: importing triton takes a moment
+    if fused_evidence_applies(responses):
+        return fused_evidence(responses)
+    return response_evidence_eager(responses)
+
+
+def response_evidence_eager(responses: torch.Tensor) -> torch.Tensor:
+    """``response_evidence`` in plain tensor ops: the reference, and what compile and export see."""
     return torch.cat([responses.mean(2), responses.amax(2)], dim=1)
 
 

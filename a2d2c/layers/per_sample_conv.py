@@ -18,22 +18,14 @@ float32 inputs multiply in TF32 when ``torch.backends.cudnn.allow_tf32`` (torch'
 """
 from __future__ import annotations
 
-import os
-
 import torch
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover
-    triton = None
+from .triton_support import tl, triton, triton_runs_on
 
 
 def per_sample_conv_applies(x: torch.Tensor, groups: int) -> bool:
     """Whether the Triton kernels can run this conv: dense, float, on CUDA (or the interpreter)."""
-    if triton is None or groups != 1 or x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        return False
-    return x.is_cuda or (os.environ.get("TRITON_INTERPRET", "0") == "1" and x.device.type == "cpu")
+    return groups == 1 and triton_runs_on(x)
 
 
 if triton is not None:
