@@ -12,8 +12,8 @@ CUDA events on a GPU, a synchronised wall clock on the CPU; medians are reported
 ratio to static taken in the same run. ``--reference`` adds the usual dynamic-conv
 implementation (per-sample kernels kept by autograd, grouped conv: timm's CondConv2d and the
 DyConv re-implementations) so our speed-up over it shows in the same run; ``--eager-mix`` adds
-a2d2c and a2d2c_plus with the fused Triton mixing turned off (A2D2C_FUSED_MIX=0), the same
-comparison for them. Peak memory is the
+a2d2c and a2d2c_plus with the fused Triton evidence and mixing turned off (A2D2C_FUSED_MIX=0),
+the same comparison for them. Peak memory is the
 CUDA allocator's peak (not measured on CPU). Writes ``bench.json``, ``bench.md`` and, with
 matplotlib, ``bench.png`` under ``--out``.
 """
