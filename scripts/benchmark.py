@@ -265,7 +265,7 @@ def parse_args(argv=None):
     p.add_argument("--paths", nargs="*", default=[], choices=[p for p in PATHS if p != "reference"],
                    help="also time dynamic convs forced onto these computation paths")
     p.add_argument("--eager-mix", action="store_true",
-                   help="also time a2d2c / a2d2c_plus with the fused Triton mixing off")
+                   help="also time a2d2c / a2d2c_plus with the fused Triton evidence and mixing off")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
