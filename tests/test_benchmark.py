@@ -49,3 +49,24 @@ def test_eager_mix_variants_run_with_the_fused_kernels_off(monkeypatch):
     with bench.environ(variants["a2d2c_plus (eager mix)"]):
         assert os.environ["A2D2C_FUSED_MIX"] == "0"  # what fused_mix_applies reads on every call
     assert "A2D2C_FUSED_MIX" not in os.environ
+
+
+def test_benchmark_and_the_layers_import_without_the_config_and_tracking_stack():
+    """A bare GPU box (torch, torchvision, timm, triton) can run scripts/benchmark.py: no hydra, omegaconf,
+    wandb or pycocotools needed for the layers, the models or the benchmark."""
+    import subprocess
+    import sys
+    guard = (
+        "import builtins, importlib.util, sys\n"
+        "real = builtins.__import__\n"
+        "def guarded(name, *args, **kwargs):\n"
+        "    if name.split('.')[0] in ('hydra', 'omegaconf', 'wandb', 'pycocotools'):\n"
+        "        raise ImportError('not installed: ' + name)\n"
+        "    return real(name, *args, **kwargs)\n"
+        "builtins.__import__ = guarded\n"
+        f"spec = importlib.util.spec_from_file_location('benchmark', {str(SCRIPT)!r})\n"
+        "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+        "import a2d2c.layers, a2d2c.models\n"
+    )
+    run = subprocess.run([sys.executable, "-c", guard], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]

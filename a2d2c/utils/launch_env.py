@@ -67,7 +67,10 @@ def job_start_time() -> datetime:
 
 def register_start_time_resolver():
     """`${start_time:%Y-%m-%d}`: Hydra's `${now:...}` with one time for all ranks of a job."""
-    from omegaconf import OmegaConf
+    try:
+        from omegaconf import OmegaConf
+    except ImportError:  # the layers, models and scripts/benchmark.py run without the config stack
+        return
 
     OmegaConf.register_new_resolver("start_time", lambda pattern: job_start_time().strftime(pattern),
                                     use_cache=True, replace=True)
