@@ -20,7 +20,6 @@ matplotlib, ``bench.png`` under ``--out``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -29,6 +28,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from unittest import mock
 
 import torch
 import torch.nn as nn
@@ -94,18 +94,9 @@ def conv_variants(conv_types, reference: bool, paths=(), eager_mix: bool = False
     return variants
 
 
-@contextlib.contextmanager
 def environ(values: dict):
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    """os.environ with `values` set inside the block, restored after it."""
+    return mock.patch.dict(os.environ, values)
 
 
 def measure(module: nn.Module, inputs: torch.Tensor, mode: str, args, device,

@@ -8,7 +8,7 @@ import torch
 from a2d2c.layers import create_conv2d
 from a2d2c.layers.fused_evidence import fused_evidence, fused_evidence_applies
 from a2d2c.layers.kernel_attention import response_evidence_eager
-from triton_utils import needs_interpreter, rerun_under_interpreter
+from triton_utils import needs_interpreter, rel_err, rerun_under_interpreter, responses_like_a_conv
 
 pytest.importorskip("triton")
 
@@ -17,22 +17,11 @@ def test_kernels_under_the_interpreter():
     rerun_under_interpreter(__file__)
 
 
-def rel_err(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
-
-
-def responses_like_a_conv(b, k, o, h, w, channels_last, dtype=torch.float32, device="cpu"):
-    out = torch.randn(b, k * o, h, w, device=device, dtype=dtype)
-    if channels_last:
-        out = out.to(memory_format=torch.channels_last)
-    return out.view(b, k, o, h, w).requires_grad_()
-
-
 @needs_interpreter
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("out_channels", [10, 70])  # 70: the max is carried across two channel blocks
 def test_fused_evidence_equals_the_eager_ops_with_gradient(channels_last, out_channels):
-    responses = responses_like_a_conv(2, 3, out_channels, 5, 7, channels_last)
+    responses = responses_like_a_conv(2, 3, out_channels, 5, 7, channels_last).requires_grad_()
     evidence = fused_evidence(responses)
     expected = response_evidence_eager(responses)
     grad_evidence = torch.randn_like(expected)
@@ -54,7 +43,7 @@ def test_a_tied_max_sends_its_whole_gradient_to_the_first_maximal_channel():
 
 @needs_interpreter
 def test_half_precision_responses():
-    responses = responses_like_a_conv(2, 4, 16, 6, 6, channels_last=True, dtype=torch.float16)
+    responses = responses_like_a_conv(2, 4, 16, 6, 6, channels_last=True, dtype=torch.float16).requires_grad_()
     evidence = fused_evidence(responses)
     assert evidence.dtype == torch.float16
     assert rel_err(evidence, response_evidence_eager(responses.detach().float())) < 1e-3
@@ -62,9 +51,9 @@ def test_half_precision_responses():
 
 @needs_interpreter
 def test_a2d2c_layers_reach_the_fused_evidence(monkeypatch):
-    from a2d2c.layers import fused_evidence as module
+    from a2d2c.layers import fused_evidence as module, kernel_attention
     calls = []
-    monkeypatch.setattr(module, "fused_evidence", lambda r: calls.append(r.shape) or module._FusedEvidence.apply(r))
+    monkeypatch.setattr(kernel_attention, "fused_evidence", lambda r: calls.append(r.shape) or module._FusedEvidence.apply(r))
     for conv_type in ("a2d2c", "a2d2c_plus"):
         create_conv2d(conv_type, 8, 8, 3)(torch.randn(2, 8, 6, 6)).sum().backward()
     assert len(calls) == 2

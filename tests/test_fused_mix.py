@@ -7,28 +7,16 @@ import copy
 import pytest
 import torch
 
-from a2d2c.layers import create_conv2d, fused_mix as fused_mix_module
+from a2d2c.layers import create_conv2d, functional, fused_mix as fused_mix_module
 from a2d2c.layers.functional import mix_responses, mix_responses_eager
 from reference_convs import reference
-from triton_utils import needs_interpreter, rerun_under_interpreter
+from triton_utils import needs_interpreter, rel_err, rerun_under_interpreter, responses_like_a_conv
 
 pytest.importorskip("triton")
 
 
 def test_kernels_under_the_interpreter():
     rerun_under_interpreter(__file__)
-
-
-def rel_err(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
-
-
-def responses_like_a_conv(b, k, o, h, w, channels_last, dtype=torch.float32, device="cpu"):
-    """B x K x O x H x W as conv_responses returns it: a view of a (K*O)-channel conv output."""
-    out = torch.randn(b, k * o, h, w, device=device, dtype=dtype)
-    if channels_last:
-        out = out.to(memory_format=torch.channels_last)
-    return out.view(b, k, o, h, w)
 
 
 def check_against_eager(fused, responses, attn, bias, tol):
@@ -79,7 +67,7 @@ def test_only_the_gradients_that_are_needed_are_written():
 @pytest.mark.parametrize("groups", [1, 2])
 def test_layers_take_the_fused_path_and_match_the_naive_reference(monkeypatch, conv_type, opts, groups):
     calls = []
-    monkeypatch.setattr(fused_mix_module, "fused_mix", lambda *a: calls.append(1) or fused_mix_module._FusedMix.apply(*a))
+    monkeypatch.setattr(functional, "fused_mix", lambda *a: calls.append(1) or fused_mix_module._FusedMix.apply(*a))
     m = create_conv2d(conv_type, 4, 6, 3, stride=2, groups=groups, bias=conv_type != "a2d2c_plus", **opts)
     x = torch.randn(3, 4, 9, 8)
     out = m(x)

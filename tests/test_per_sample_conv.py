@@ -12,17 +12,13 @@ from a2d2c.layers import create_conv2d
 from a2d2c.layers.functional import aggregate_kernels
 from a2d2c.layers.per_sample_conv import per_sample_conv, per_sample_conv_applies, per_sample_conv_backward
 from reference_convs import reference
-from triton_utils import INTERPRETED, needs_interpreter, rerun_under_interpreter
+from triton_utils import INTERPRETED, needs_interpreter, rel_err, rerun_under_interpreter
 
 pytest.importorskip("triton")
 
 
 def test_kernels_under_the_interpreter():
     rerun_under_interpreter(__file__)
-
-
-def rel_err(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 def per_sample_f_conv(x, attn, weight, stride, padding, dilation):

@@ -1,4 +1,4 @@
-"""Running Triton kernel tests on CPU, under Triton's interpreter.
+"""Running Triton kernel tests on CPU, under Triton's interpreter, and what those tests share.
 
 TRITON_INTERPRET=1 must be set before triton is first imported (it decides how every
 @triton.jit function, triton's own included, is built), so a test file reruns itself in a fresh
@@ -11,10 +11,23 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 needs_interpreter = pytest.mark.skipif(not INTERPRETED, reason="runs in its file's interpreter process")
+
+
+def rel_err(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def responses_like_a_conv(b, k, o, h, w, channels_last, dtype=torch.float32, device="cpu"):
+    """B x K x O x H x W as conv_responses returns it: a view of a (K*O)-channel conv output."""
+    out = torch.randn(b, k * o, h, w, device=device, dtype=dtype)
+    if channels_last:
+        out = out.to(memory_format=torch.channels_last)
+    return out.view(b, k, o, h, w)
 
 
 def rerun_under_interpreter(test_file: str) -> None:

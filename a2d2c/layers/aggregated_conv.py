@@ -131,12 +131,10 @@ def aggregated_conv(x: torch.Tensor, attn: torch.Tensor, weight: torch.Tensor,
     if method == "triton" and b > 1 and not torch.is_grad_enabled():  # inference: no kernels in memory at all
         dtype = _autocast_dtype(x.device.type) or x.dtype
         out = per_sample_conv(x.to(dtype), attn.to(dtype), weight.to(dtype), stride, padding, dilation)
-        return out if bias is None else out + (attn @ bias.to(attn.dtype)).to(out.dtype)[:, :, None, None]
-    plain = _METHODS["grouped" if method == "triton" else method][0]
-    if b == 1 or save_kernels or not torch.is_grad_enabled():
+    elif b == 1 or save_kernels or not torch.is_grad_enabled():
         kernels = aggregate_kernels(attn, weight)
         out = (F.conv2d(x, kernels[0], None, stride, padding, dilation, groups) if b == 1
-               else plain(x, kernels, stride, padding, dilation, groups))
+               else _METHODS[method][0](x, kernels, stride, padding, dilation, groups))
     else:
         # autograd.Function does not see autocast; cast the inputs as autocast would.
         dtype = _autocast_dtype(x.device.type)

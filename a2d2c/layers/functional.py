@@ -17,6 +17,8 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from .fused_mix import fused_mix, fused_mix_applies
+
 
 def to_2tuple(v) -> Tuple[int, int]:
     if isinstance(v, (tuple, list)):
@@ -66,7 +68,6 @@ def mix_responses(responses: torch.Tensor, attn: torch.Tensor,
     responses: B x K x O x H x W; attn: B x K (per sample) or B x K x H x W (per position).
     On a GPU this runs the fused Triton kernels of ``fused_mix``; elsewhere the eager formula.
     """
-    from .fused_mix import fused_mix, fused_mix_applies  # on first use: importing triton takes a moment
     if fused_mix_applies(responses, attn):
         return fused_mix(responses, attn, bias)
     return mix_responses_eager(responses, attn, bias)

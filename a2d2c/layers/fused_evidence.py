@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from .triton_support import capturing_graph, fused_responses_enabled, tl, triton, triton_runs_on
+from .triton_support import (capturing_graph, fused_responses_enabled, response_blocks, response_layout, tl, triton,
+                              triton_runs_on)
 
 
 def fused_evidence_applies(responses: torch.Tensor) -> bool:
@@ -69,19 +70,14 @@ if triton is not None:
             tl.store(dr, grad.to(DR.dtype.element_ty), mask=mask)
 
 
-def _blocks(out_channels: int, positions: int):
-    block_p = min(64, triton.next_power_of_2(positions))
-    return min(max(4096 // block_p, 1), triton.next_power_of_2(out_channels)), block_p
-
-
 class _FusedEvidence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, responses):
         b, k, o, h, w = responses.shape
-        layout = torch.channels_last if responses.stride(2) == 1 and o > 1 else torch.contiguous_format
-        evidence = torch.empty((b, 2 * k, h, w), device=responses.device, dtype=responses.dtype, memory_format=layout)
+        evidence = torch.empty((b, 2 * k, h, w), device=responses.device, dtype=responses.dtype,
+                               memory_format=response_layout(responses))
         argmax = torch.empty((b, k, h * w), device=responses.device, dtype=torch.int32)
-        block_o, block_p = _blocks(o, h * w)
+        block_o, block_p = response_blocks(o, h * w)
         _evidence_forward_kernel[(triton.cdiv(h * w, block_p), b * k)](
             responses, evidence, argmax, o, h * w, w, *responses.stride(), *evidence.stride(),
             K=k, BLOCK_O=block_o, BLOCK_P=block_p)
@@ -94,7 +90,7 @@ class _FusedEvidence(torch.autograd.Function):
         (argmax,) = ctx.saved_tensors
         b, k, o, h, w = ctx.shape
         grad = torch.empty_strided(ctx.shape, ctx.stride, device=grad_evidence.device, dtype=grad_evidence.dtype)
-        block_o, block_p = _blocks(o, h * w)
+        block_o, block_p = response_blocks(o, h * w)
         _evidence_backward_kernel[(triton.cdiv(h * w, block_p), b * k)](
             grad_evidence, argmax, grad, o, h * w, w, *grad_evidence.stride(), *grad.stride(),
             K=k, BLOCK_O=block_o, BLOCK_P=block_p)

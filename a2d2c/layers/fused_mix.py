@@ -20,7 +20,8 @@ from typing import Optional
 
 import torch
 
-from .triton_support import capturing_graph, fused_responses_enabled, tl, triton, triton_runs_on
+from .triton_support import (capturing_graph, fused_responses_enabled, response_blocks, response_layout, tl, triton,
+                              triton_runs_on)
 
 
 def fused_mix_applies(responses: torch.Tensor, attn: torch.Tensor) -> bool:
@@ -92,20 +93,13 @@ def _attention_strides(attn: torch.Tensor):
     return tuple(attn.stride()) if attn.dim() == 4 else (*attn.stride(), 0, 0)
 
 
-def _block_sizes(out_channels: int, positions: int):
-    block_p = min(64, triton.next_power_of_2(positions))
-    block_o = min(max(4096 // block_p, 1), triton.next_power_of_2(out_channels))
-    return block_o, block_p
-
-
 class _FusedMix(torch.autograd.Function):
     @staticmethod
     def forward(ctx, responses, attn, bias):
         b, k, o, h, w = responses.shape
-        # Keep the responses' layout: channels_last when O is the innermost dimension.
-        layout = torch.channels_last if responses.stride(2) == 1 and o > 1 else torch.contiguous_format
-        y = torch.empty((b, o, h, w), device=responses.device, dtype=responses.dtype, memory_format=layout)
-        block_o, block_p = _block_sizes(o, h * w)
+        y = torch.empty((b, o, h, w), device=responses.device, dtype=responses.dtype,
+                        memory_format=response_layout(responses))
+        block_o, block_p = response_blocks(o, h * w)
         grid = (triton.cdiv(h * w, block_p), triton.cdiv(o, block_o), b)
         bias_arg = bias.contiguous() if bias is not None else responses  # never read without HAS_BIAS
         _mix_forward_kernel[grid](responses, attn, bias_arg, y, o, h * w, w, *responses.stride(),
@@ -121,7 +115,7 @@ class _FusedMix(torch.autograd.Function):
         write_dr = ctx.needs_input_grad[0]
         grad_r = torch.empty_like(responses) if write_dr else responses
         grad_a = torch.empty((b, k, h * w), device=responses.device, dtype=torch.float32)
-        block_o, block_p = _block_sizes(o, h * w)
+        block_o, block_p = response_blocks(o, h * w)
         grid = (triton.cdiv(h * w, block_p), b)
         bias_arg = bias.contiguous() if bias is not None else responses
         _mix_backward_kernel[grid](responses, attn, bias_arg, grad_y, grad_r, grad_a, o, h * w, w,

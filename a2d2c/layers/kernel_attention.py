@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .fused_evidence import fused_evidence, fused_evidence_applies
+
 
 class KernelAttention(nn.Module):
     """logits = FC2(ReLU(FC1(GAP(x)))), FC1: C -> max(C // reduction, min_hidden), FC2: -> K.
@@ -36,7 +38,6 @@ def response_evidence(responses: torch.Tensor) -> torch.Tensor:
 
     On a GPU, one Triton pass (fused_evidence.py); elsewhere the eager ops below.
     """
-    from .fused_evidence import fused_evidence, fused_evidence_applies  # on first use: importing triton takes a moment
     if fused_evidence_applies(responses):
         return fused_evidence(responses)
     return response_evidence_eager(responses)

@@ -35,6 +35,17 @@ def capturing_graph() -> bool:
     return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
+def response_blocks(out_channels: int, positions: int):
+    """(BLOCK_O, BLOCK_P) of the kernels over B x K x O x H x W responses: at most 64 positions by 4096 / 64."""
+    block_p = min(64, triton.next_power_of_2(positions))
+    return min(max(4096 // block_p, 1), triton.next_power_of_2(out_channels)), block_p
+
+
+def response_layout(responses: torch.Tensor) -> torch.memory_format:
+    """channels_last for maps computed from channels_last responses (O innermost), else contiguous."""
+    return torch.channels_last if responses.stride(2) == 1 and responses.shape[2] > 1 else torch.contiguous_format
+
+
 def fused_responses_enabled() -> bool:
     """A2D2C_FUSED_MIX=0 turns off the fused kernels of the K-responses pipeline (evidence and mixing)."""
     return os.environ.get("A2D2C_FUSED_MIX", "1") != "0"
