@@ -9,6 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from a2d2c.engine.evaluation import evaluate_checkpoint
 from a2d2c.utils.cli import check_override_keys, exit_on_config_error
+from a2d2c.utils.config_checks import check_eval_config
 
 
 # The metrics the summary line shows, of those the task returned (classification: top-1/5 in %,
@@ -20,6 +21,7 @@ SUMMARY = {"top1": "top-1 {:.2f}", "top5": "top-5 {:.2f}", "loss": "loss {:.4f}"
 @hydra.main(config_path=str(Path(__file__).resolve().parent / "configs"), config_name="eval", version_base="1.3")
 def main(cfg: DictConfig):
     with exit_on_config_error():
+        check_eval_config(cfg)  # first: `checkpoint: ???` unset would otherwise be Hydra's multi-line error
         results = evaluate_checkpoint(cfg.checkpoint, ema=cfg.ema, device=cfg.device, batch_size=cfg.batch_size,
                                       dataset_overrides=OmegaConf.to_container(cfg.dataset))
     out = Path(HydraConfig.get().runtime.output_dir) / "results.json"

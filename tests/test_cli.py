@@ -66,7 +66,7 @@ def test_eval_cli_reproduces_the_best_test_accuracy_exactly(static_run, tmp_path
 def test_resume_continues_the_same_wandb_run(static_run, tmp_path):
     first_id = ckpt.load_checkpoint(static_run / "checkpoints" / "last.pt")["wandb_run_id"]
     proc = run_script("train.py", "conv=static", "trainer.epochs=3", "dataset.image_size=8",
-                      f"trainer.resume={static_run / 'checkpoints' / 'last.pt'}", f"hydra.run.dir={tmp_path}")
+                      "trainer.resume_allow=[trainer.epochs]", f"trainer.resume={static_run / 'checkpoints' / 'last.pt'}", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = ckpt.load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert state["epoch"] == 3 and state["wandb_run_id"] == first_id
@@ -94,8 +94,8 @@ def test_missing_dataset_root_ends_with_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("override, fragment", [
-    ("backbone=resnet18", "backbone.name=resnet10 (this run: resnet18)"),
-    ("dataset.num_classes=5", "dataset.num_classes=10 (this run: 5)"),
+    ("backbone=resnet18", "backbone.name ('resnet10' -> 'resnet18')"),
+    ("dataset.num_classes=5", "dataset.num_classes (10 -> 5)"),
 ])
 def test_resuming_a_checkpoint_of_another_model_ends_with_one_line(static_run, tmp_path, override, fragment):
     proc = run_script("train.py", "conv=static", "dataset=synthetic", "dataset.stem=cifar", "dataset.num_classes=10",

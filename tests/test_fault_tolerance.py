@@ -147,7 +147,7 @@ def test_disk_full_during_a_run_is_one_line_and_keeps_the_last_good_checkpoint(t
         f.write(b"\0" * 4096)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    trainer = Trainer(compose_config(*overrides, "trainer.epochs=2"), tmp_path)
+    trainer = Trainer(compose_config(*overrides, "trainer.epochs=2", "trainer.resume_allow=[trainer.epochs]"), tmp_path)
     monkeypatch.setattr(ckpt.torch, "save", no_space)
     with pytest.raises(ckpt.CheckpointError, match="step-000000008.pt: No space left on device"):
         trainer.fit()
@@ -155,7 +155,7 @@ def test_disk_full_during_a_run_is_one_line_and_keeps_the_last_good_checkpoint(t
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["best.pt", "last.pt", "step-000000004.pt"]
     assert (tmp_path / "checkpoints" / "last.pt").read_bytes() == good
-    assert Trainer(compose_config(*overrides, "trainer.epochs=2"), tmp_path).step == 4
+    assert Trainer(compose_config(*overrides, "trainer.epochs=2", "trainer.resume_allow=[trainer.epochs]"), tmp_path).step == 4
 
 
 # ------------------------------------------------------------------------------ non-finite loss

@@ -61,7 +61,7 @@ def test_resume_after_epoch_one_ends_with_the_weights_of_an_uninterrupted_run(tm
 def test_resume_auto_continues_from_the_run_directory(tmp_path):
     overrides = (*TINY, *QUIET, "conv=static", "trainer.resume=auto")
     Trainer(compose_config(*overrides, "trainer.epochs=1"), tmp_path).fit()
-    trainer = Trainer(compose_config(*overrides, "trainer.epochs=2"), tmp_path)
+    trainer = Trainer(compose_config(*overrides, "trainer.epochs=2", "trainer.resume_allow=[trainer.epochs]"), tmp_path)
     assert (trainer.epoch, trainer.step) == (1, 4)
     assert trainer.fit()["final"]["epoch"] == 2
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import math
 from pathlib import Path
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 COCO_SPLITS = ("train", "val")
 COCO_DOWNLOAD = "https://cocodataset.org/#download"
+COCO_FORMAT = "https://cocodataset.org/#format-data"
 
 
 def detection_transforms(train: bool) -> v2.Compose:
@@ -65,6 +67,28 @@ def _check_box_format(coco, annotation_file) -> None:
                               f"has bbox {box!r}; expected [x, y, width, height] as 4 finite numbers")
 
 
+COCO_KEYS = ("images", "annotations", "categories")
+
+
+def _load_coco(image_dir, annotation_file) -> CocoDetection:
+    """torchvision's CocoDetection, with a file pycocotools cannot index named in one line."""
+    format_hint = f"a COCO instances file is a JSON object with lists {', '.join(map(repr, COCO_KEYS))} ({COCO_FORMAT})"
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its loading progress
+            base = CocoDetection(str(image_dir), str(annotation_file))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{annotation_file} is not valid JSON ({e}); {format_hint}") from e
+    except AssertionError as e:  # pycocotools asserts that the JSON is an object
+        raise ConfigError(f"{annotation_file} is not a JSON object; {format_hint}") from e
+    except (KeyError, TypeError) as e:  # an entry without "id" / "image_id", or not an object
+        raise ConfigError(f"{annotation_file}: an entry of it lacks a key or is not an object "
+                          f"({type(e).__name__}: {e}); {format_hint}") from e
+    missing = [key for key in COCO_KEYS if key not in base.coco.dataset]
+    if False:
+        raise ConfigError(f"{annotation_file} has no {' or '.join(map(repr, missing))}; {format_hint}")
+    return base
+
+
 def _is_trainable_image(annotations: list) -> bool:
     # torchvision references' `_coco_remove_images_without_annotations`: keep an image when at
     # least one of its boxes is more than 1 px wide and high (crowd boxes included).
@@ -80,21 +104,25 @@ class CocoDetectionDataset(Dataset):
             Evaluation keeps every image, so that false positives on empty images count.
         transforms: v2 transforms on (image, target); default ``detection_transforms(train)``.
 
-    Attributes: ``coco`` (the pycocotools ground truth), ``classes``, ``label_to_category``,
-    ``num_images_removed`` and ``num_degenerate_boxes`` (dropped boxes of the kept images).
+    Attributes: ``coco`` (the pycocotools ground truth), ``category_ids`` (sorted: label i is
+    ``category_ids[i - 1]``), ``classes``, ``label_to_category``, ``num_images_removed``,
+    ``num_degenerate_boxes`` (dropped boxes of the kept images) and ``num_orphan_annotations``
+    (annotations of image ids the file does not list; ignored, with a warning).
+    ``a2d2c.data.class_map.apply_class_map`` makes an evaluation split use the training split's labels.
     """
 
     def __init__(self, image_dir, annotation_file, train: bool = False,
                  remove_images_without_annotations: Optional[bool] = None, transforms=None):
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its loading progress
-            base = CocoDetection(str(image_dir), str(annotation_file))
+        base = _load_coco(image_dir, annotation_file)
         self.coco = base.coco
         _check_box_format(self.coco, annotation_file)
-        self.category_ids = sorted(self.coco.getCatIds())
-        self.classes = [self.coco.cats[c]["name"] for c in self.category_ids]
-        self.label_to_category = (0, *self.category_ids)
-        self._labels = torch.full((max(self.category_ids, default=0) + 1,), -1, dtype=torch.int64)
-        self._labels[self.category_ids] = torch.arange(1, len(self.category_ids) + 1)
+        # pycocotools indexes an annotation of an image id missing from "images" but no image reads it.
+        self.num_orphan_annotations = sum(ann.get("image_id") not in self.coco.imgs for ann in self.coco.anns.values())
+        if self.num_orphan_annotations:
+            log.warning("%s: %d annotations refer to image ids missing from its 'images' list; they are ignored",
+                        annotation_file, self.num_orphan_annotations)
+        self.annotation_file = annotation_file
+        self.set_label_order(sorted(self.coco.getCatIds()))
 
         remove = train if remove_images_without_annotations is None else remove_images_without_annotations
         self.indices = [i for i, image_id in enumerate(base.ids)
@@ -106,6 +134,23 @@ class CocoDetectionDataset(Dataset):
                      annotation_file, self.num_images_removed, self.num_degenerate_boxes)
         self.dataset = wrap_dataset_for_transforms_v2(base, target_keys={"image_id", "boxes", "labels", "iscrowd"})
         self.transforms = detection_transforms(train) if transforms is None else transforms
+
+    def set_label_order(self, category_ids) -> None:
+        """Label i (1..C) becomes category ``category_ids[i - 1]``, in the targets and in ``label_to_category``.
+
+        Sorted ids at construction; an evaluation split takes its training split's through
+        ``a2d2c.data.class_map.apply_class_map``, which names the categories that do not fit.
+        A category this file does not define keeps its id as its name in ``classes``.
+        """
+        category_ids = [int(c) for c in category_ids]
+        unlabelled = set(self.coco.getCatIds()) - set(category_ids)
+        if unlabelled:  # its annotations would get label -1; apply_class_map reports it first
+            raise ValueError(f"categories {sorted(unlabelled)} of {self.annotation_file} would have no label")
+        self.category_ids = category_ids
+        self.classes = [self.coco.cats[c]["name"] if c in self.coco.cats else str(c) for c in category_ids]
+        self.label_to_category = (0, *category_ids)
+        self._labels = torch.full((max(category_ids, default=0) + 1,), -1, dtype=torch.int64)
+        self._labels[category_ids] = torch.arange(1, len(category_ids) + 1)
 
     def _check_annotations(self, annotation_file, image_ids) -> int:
         """The number of non-crowd boxes that have no area once clipped to their image; unknown categories fail."""

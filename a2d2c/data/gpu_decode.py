@@ -14,19 +14,45 @@ from pathlib import Path
 from typing import List, Sequence, Tuple
 
 import torch
-from torchvision import datasets
-from torchvision.io import ImageReadMode, decode_jpeg, read_file
+from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import RandomResizedCrop
 from torchvision.transforms.v2 import functional as TF
 
-from a2d2c.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from a2d2c.data.constants import IMAGENET_MEAN, IMAGENET_STD
+from a2d2c.data.tolerant_folder import TolerantImageFolder
+from a2d2c.utils.errors import ConfigError
+
+JPEG_SOI = b"\xff\xd8\xff"  # start-of-image marker and the first byte of the next marker
 
 
-class EncodedImageFolder(datasets.ImageFolder):
-    """ImageFolder whose samples are the files' encoded bytes (a uint8 tensor) and the label."""
+class NotAJpegError(OSError):
+    """A file the device decoder cannot take: empty, or not a JPEG. An OSError, so bad_images applies."""
 
-    def __init__(self, root: str):
-        super().__init__(str(Path(root).expanduser()), loader=read_file)
+
+def read_jpeg(path: str) -> torch.Tensor:
+    """The bytes of the JPEG file `path` as a uint8 tensor; NotAJpegError for an empty or non-JPEG file.
+
+    The device decodes a whole batch in one call, which fails without naming the file; checking
+    here, in the loader worker, names it (and lets bad_images=skip replace it).
+    """
+    data = Path(path).read_bytes()
+    if not data:
+        raise NotAJpegError("the file is empty")
+    if not data.startswith(JPEG_SOI):
+        raise NotAJpegError(f"not a JPEG: it starts with {data[:8]!r}, not {JPEG_SOI!r}; dataset.decode=gpu "
+                            f"decodes JPEG only (convert the file or use dataset.decode=cpu)")
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+class EncodedImageFolder(TolerantImageFolder):
+    """ImageFolder whose samples are the files' encoded JPEG bytes (a uint8 tensor) and the label.
+
+    `bad_images` as for TolerantImageFolder: an empty or non-JPEG file fails naming it, or is replaced
+    by the next readable sample and counted.
+    """
+
+    def __init__(self, root: str, bad_images: str = "fail"):
+        super().__init__(str(Path(root).expanduser()), bad_images=bad_images, loader=read_jpeg)
 
 
 def collate_encoded(batch) -> Tuple[List[torch.Tensor], torch.Tensor]:
@@ -61,7 +87,15 @@ class GpuImagePipeline:
         return TF.center_crop(image, size)
 
     def __call__(self, encoded: List[torch.Tensor], device: torch.device) -> torch.Tensor:
-        images = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
+        try:
+            images = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
+        except RuntimeError as e:
+            # The loader checked each file's JPEG header, so one is truncated or corrupt further in; the
+            # bytes no longer say which file they came from.
+            raise ConfigError(f"a JPEG in a batch of {len(encoded)} failed to decode on {device} "
+                              f"({' '.join(str(e).split())}); to name the file, run with dataset.decode=cpu "
+                              f"(dataset.bad_images=fail stops at it, =skip skips it) or open each file with "
+                              f"PIL.Image.open(path).load()") from e
         batch = torch.stack([self._crop(image) for image in images])
         if self.train:
             flip = torch.rand(batch.shape[0], device=device) < 0.5

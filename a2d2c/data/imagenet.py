@@ -4,11 +4,12 @@ from pathlib import Path
 import torch
 from torchvision.transforms import v2
 
+from a2d2c.data.constants import IMAGENET_MEAN, IMAGENET_STD
+from a2d2c.data.gpu_decode import EncodedImageFolder
 from a2d2c.data.tolerant_folder import TolerantImageFolder
 from a2d2c.utils.errors import ConfigError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "imagenet_transforms", "build_imagenet"]
 
 
 def imagenet_transforms(train: bool, image_size: int = 224, resize_size: int = 256):
@@ -25,13 +26,14 @@ def build_imagenet(root: str, split: str = "train", image_size: int = 224, resiz
                    decode: str = "cpu", bad_images: str = "fail"):
     """decode="cpu": PIL + transforms in the loader workers; "gpu": the workers only read the
     JPEG bytes and the task decodes and augments them on the device (a2d2c/data/gpu_decode.py)."""
+    if decode not in ("cpu", "gpu"):
+        raise ConfigError(f"dataset.decode={decode!r} is not valid; use cpu or gpu")
     folder = Path(root).expanduser() / split
     if not folder.is_dir() or not any(p.is_dir() for p in folder.iterdir()):
         raise ConfigError(f"ImageNet {split} split not found: {folder} has no class folders; set dataset.root to a "
                           f"folder with train/ and val/ in ImageFolder layout (val sorted into class folders)")
-    if decode == "gpu":
-        from a2d2c.data.gpu_decode import EncodedImageFolder
-        return EncodedImageFolder(str(folder))
     # bad_images: "fail" stops at the first unreadable file with its name; "skip" counts and replaces it.
+    if decode == "gpu":
+        return EncodedImageFolder(str(folder), bad_images=bad_images)
     return TolerantImageFolder(str(folder), transform=imagenet_transforms(split == "train", image_size, resize_size),
                                bad_images=bad_images)

@@ -1,16 +1,20 @@
 """Evaluate a checkpoint on its dataset's test/val split, with the config the run saved in it."""
+import logging
 from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from a2d2c.data import build_eval_loader
+from a2d2c.data.class_map import apply_class_map, dataset_class_map
 from a2d2c.engine.trainer import amp_dtype_from_config
 from a2d2c.layers import set_temperature
 from a2d2c.utils import checkpoint as ckpt
 from a2d2c.utils.distributed import DistInfo, resolve_device
 from a2d2c.utils.errors import ConfigError
+from a2d2c.utils.saved_config import load_saved_config
+
+log = logging.getLogger(__name__)
 
 
 def evaluate_checkpoint(path, ema: bool = False, device: str = "auto", batch_size=None, dataset_overrides=None) -> dict:
@@ -20,11 +24,11 @@ def evaluate_checkpoint(path, ema: bool = False, device: str = "auto", batch_siz
     reproduced exactly. `dataset_overrides` (e.g. {"root": ...}) change where the data is read.
     """
     path = Path(path)
-    state = ckpt.load_checkpoint(path)
-    cfg = OmegaConf.create(state.get("config_unresolved", state["config"]))
-    for key, value in (dataset_overrides or {}).items():
-        if value is not None:
-            cfg.dataset[key] = value
+    state = ckpt.load_checkpoint(path, require=ckpt.EVAL_KEYS)
+    overrides = {key: value for key, value in (dataset_overrides or {}).items() if value is not None}
+    # Checked before anything in it is instantiated: a checkpoint never decides which code runs.
+    cfg = load_saved_config(state.get("config_unresolved", state["config"]), path,
+                            {"dataset": overrides} if overrides else None)
 
     task = instantiate(cfg.task)
     model = task.build_model()
@@ -45,6 +49,12 @@ def evaluate_checkpoint(path, ema: bool = False, device: str = "auto", batch_siz
     if cfg.trainer.compile:
         model = torch.compile(model)
     dataset = instantiate(cfg.dataset.eval)
+    if "class_map" in state:  # the training split's classes, so labels mean what they meant in training
+        apply_class_map(dataset, state["class_map"], f"the {cfg.dataset.name} {cfg.dataset.eval_split} split")
+    elif dataset_class_map(dataset) is not None:
+        log.warning("%s predates class maps in checkpoints (format 1): the %s split's labels follow its own class "
+                    "folders or categories, which is right only if they match the training split's", path,
+                    cfg.dataset.eval_split)
     eval_batch = batch_size or cfg.trainer.eval_batch_size or cfg.trainer.batch_size
     loader = build_eval_loader(dataset, eval_batch, DistInfo(), cfg.dataset.num_workers, device.type == "cuda", task.collate_fn)
     metrics = task.evaluate(model, loader, device, amp_dtype_from_config(cfg.trainer.amp), memory_format)

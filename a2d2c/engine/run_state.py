@@ -1,15 +1,21 @@
 """What a checkpoint holds about a run, and how a resumed run takes it back: the two halves side by side,
 so a field added to one is seen missing from the other."""
+import logging
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from a2d2c.engine.resume_check import check_resume
 from a2d2c.utils import checkpoint as ckpt
+from a2d2c.utils.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def capture_run_state(trainer, metrics: dict, rng: list) -> dict:
     """Everything needed to continue `trainer` exactly, plus what eval.py and the tables read."""
     return {
+        ckpt.FORMAT_KEY: ckpt.FORMAT_VERSION,
         "model": trainer.model.state_dict(),
         "optimizer": trainer.optimizer.state_dict(),
         "scheduler": trainer.scheduler.state_dict(),
@@ -29,15 +35,32 @@ def capture_run_state(trainer, metrics: dict, rng: list) -> dict:
         # With interpolations kept, so eval.py can re-derive paths after e.g. `dataset.root=...`.
         "config_unresolved": OmegaConf.to_container(trainer.cfg, resolve=False),
         "complexity": trainer.complexity,
+        "batch": trainer.batching.as_dict(),  # per-device batch, accumulation, world size: a mid-epoch resume needs them again
+        "class_map": trainer.class_map,  # the training split's classes, in label order (None: fixed by the dataset)
+        "resume_history": trainer.resume_history,
     }
 
 
 def restore_run_state(trainer, state: dict, path: Path) -> None:
-    """Load `state` (a checkpoint read from `path`) into `trainer`, refusing one of another model."""
-    ckpt.check_same_model(state["config"], trainer.cfg, path)
+    """Load `state` (a checkpoint read from `path`) into `trainer`, whose config honours or refuses each change.
+
+    The trainer was built from the new config; only state comes from the checkpoint. The LR
+    scheduler's state is not loaded: timm's schedulers are functions of the epoch and of their
+    config, so the new config's schedule (e.g. for more epochs) is the one that runs.
+    """
+    # Compared as written, interpolations unresolved: a change is reported where the user made it
+    # (trainer.epochs, not also the scheduler length that follows it; dataset.root, not every path under it).
+    cfg = OmegaConf.to_container(trainer.cfg, resolve=False)
+    saved = state.get("config_unresolved", state["config"])
+    changes = check_resume(saved, cfg, state.get("batch"), trainer.batching.as_dict(), state, path,
+                           trainer.cfg.trainer.get("resume_allow"))
+    saved_classes = state.get("class_map")
+    if saved_classes is not None and saved_classes != trainer.class_map:
+        raise ConfigError(f"the training classes found on disk differ from those {path} was trained on "
+                          f"({len(saved_classes)} then, {len(trainer.class_map or [])} now); resume on the same data, "
+                          f"or start a new run")
     ckpt.load_weights(trainer.model, state["model"], path)
-    trainer.optimizer.load_state_dict(state["optimizer"])
-    trainer.scheduler.load_state_dict(state["scheduler"])
+    load_optimizer_state(trainer.optimizer, state["optimizer"])
     if trainer.scaler is not None and state.get("scaler"):
         trainer.scaler.load_state_dict(state["scaler"])
     if trainer.ema is not None and state.get("ema"):
@@ -53,3 +76,28 @@ def restore_run_state(trainer, state: dict, path: Path) -> None:
         trainer._set_temperature(state["temperature"])
     rng = state["rng"]
     ckpt.restore_rng_state(rng[trainer.dist.rank] if trainer.dist.rank < len(rng) else rng[0])
+    saved_world = (state.get("batch") or {}).get("world_size", trainer.dist.world_size)
+    if saved_world != trainer.dist.world_size:
+        log.warning("resuming %s, saved by %d processes, with %d: global batch %d, lr %.4g", path, saved_world,
+                    trainer.dist.world_size, trainer.batching.global_batch, trainer.batching.lr)
+    if changes:
+        log.warning("resuming %s with changes applied: %s", path,
+                    ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items()))
+    # What actually ran: results.json and every later checkpoint carry each resume and its changes.
+    trainer.resume_history = [*state.get("resume_history", []),
+                              {"checkpoint": str(path), "epoch": state["epoch"], "step": state["step"],
+                               "batches_done": trainer.batches_done, "world_size": trainer.dist.world_size,
+                               "changes": {k: [old, new] for k, (old, new) in changes.items()}}]
+
+
+def load_optimizer_state(optimizer, saved: dict) -> None:
+    """The saved moments and step counts, under this run's hyperparameters.
+
+    `load_state_dict` also restores each param group's lr, weight decay, momentum, ...; putting the
+    new config's back is what lets a resume apply `optimizer.*` changes (the LR itself is set by
+    the scheduler at every update).
+    """
+    fresh = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    optimizer.load_state_dict(saved)
+    for group, hyperparameters in zip(optimizer.param_groups, fresh):
+        group.update(hyperparameters)

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from a2d2c.data import build_eval_loader, build_train_loader
 from a2d2c.data.aspect_ratio import build_grouped_train_loader
+from a2d2c.data.class_map import apply_class_map, check_num_classes, dataset_class_map
 from a2d2c.engine.divergence import DivergenceGuard
 from a2d2c.engine.run_state import capture_run_state, restore_run_state
 from a2d2c.layers import annealed_temperature, set_temperature
@@ -31,6 +32,7 @@ from a2d2c.utils import checkpoint as ckpt
 from a2d2c.utils import distributed
 from a2d2c.utils.batch_scaling import batch_scaling
 from a2d2c.utils.complexity import count_complexity
+from a2d2c.utils.config_checks import check_train_config
 from a2d2c.utils.errors import ConfigError
 from a2d2c.utils.meters import MetricLogger, SmoothedValue
 from a2d2c.utils.tracking import JsonlWriter
@@ -46,12 +48,12 @@ STOP_CHECK_EVERY = 10
 
 
 class Preempted(Exception):
-    """Raised after a preemption signal once the checkpoint is saved; train.py exits with 128 + signal."""
+    """Raised after a preemption signal once the checkpoint is saved; train.py says how to continue and
+    exits with 128 + signal."""
 
     def __init__(self, signum: int, checkpoint):
         self.signum, self.checkpoint = signum, checkpoint
-        super().__init__(f"received {signal.Signals(signum).name}: saved {checkpoint}; "
-                         f"rerun with trainer.resume=auto to continue")
+        super().__init__(f"received {signal.Signals(signum).name}: saved {checkpoint}")
 
 
 def amp_dtype_from_config(amp):
@@ -61,12 +63,12 @@ def amp_dtype_from_config(amp):
 
 
 class Trainer:
-    def __init__(self, cfg: DictConfig, output_dir):
+    def __init__(self, cfg: DictConfig, output_dir, continue_job: bool = False):
+        """`continue_job`: this process restarts a job (a SLURM requeue, a torchrun restart) whose run dir
+        is `output_dir`; it resumes from the newest valid checkpoint there, if any, as trainer.resume=auto."""
+        check_train_config(cfg)  # before anything is built or written: a bad value is one line, nothing lost
         self.cfg = cfg
         tcfg = cfg.trainer
-        if tcfg.epochs < 1:
-            raise ConfigError(f"trainer.epochs={tcfg.epochs} trains nothing; use a count >= 1 "
-                              f"(to score a checkpoint, run eval.py checkpoint=<path>)")
         self.output_dir = Path(output_dir)
         self.dist = distributed.init_distributed(tcfg.device)
         self.device = distributed.resolve_device(tcfg.device, self.dist.local_rank)
@@ -115,6 +117,7 @@ class Trainer:
         self.batches_done = 0  # micro-batches of epoch `self.epoch` consumed (non-zero after a mid-epoch resume)
         self.skipped_steps = 0  # updates skipped for a non-finite loss (trainer.skip_nonfinite)
         self.divergence = DivergenceGuard(tcfg.skip_nonfinite, self.dist.world_size, self.device)
+        self.resume_history = []  # each resume of this run and the config changes it applied
         self.last_checkpoint = None  # the newest checkpoint this run wrote or resumed from
         self._stop_signal = None  # set by the preemption signal handler
         self.tau = None
@@ -123,8 +126,10 @@ class Trainer:
         self.tracker_id = None
         self.last_metrics = {}
         self.train_samples, self.train_time_s = 0, 0.0
-        if tcfg.resume:
-            self._resume(tcfg.resume)
+        if self.dist.is_main:  # the run dir is this process's (train.py holds its lock): nobody else writes there
+            ckpt.remove_stale_temp_files(self.output_dir / "checkpoints")
+        if tcfg.resume or continue_job:
+            self._resume(tcfg.resume or "auto", asked=bool(tcfg.resume))
         self._open_trackers()
 
     # ----------------------------------------------------------------------------------- setup
@@ -133,6 +138,9 @@ class Trainer:
         pin = self.device.type == "cuda"
         collate = self.task.collate_fn
         train_set = instantiate(dcfg.train)
+        check_num_classes(train_set, dcfg.num_classes, "train")
+        # The training split numbers the classes; the evaluation split (and eval.py, from the checkpoint) follows it.
+        self.class_map = dataset_class_map(train_set)
         group_factor = dcfg.get("aspect_ratio_group_factor", -1)  # detection: batch images of similar shape
         make_loader = (partial(build_grouped_train_loader, group_factor=group_factor) if group_factor >= 0
                        else build_train_loader)
@@ -143,19 +151,24 @@ class Trainer:
             raise ConfigError(f"the global batch {self.batching.global_batch} is larger than the {len(train_set)} "
                               f"training samples; lower trainer.batch_size")
         eval_batch = max(1, (tcfg.eval_batch_size or self.batching.global_batch) // world)
-        self.eval_loader = build_eval_loader(instantiate(dcfg.eval), eval_batch, self.dist, dcfg.num_workers, pin, collate)
+        eval_set = instantiate(dcfg.eval)
+        apply_class_map(eval_set, self.class_map, f"the {dcfg.name} {dcfg.eval_split} split")
+        self.eval_loader = build_eval_loader(eval_set, eval_batch, self.dist, dcfg.num_workers, pin, collate)
 
-    def _resume(self, resume):
+    def _resume(self, resume, asked: bool = True):
         if resume == "auto":
             # The newest checkpoint that loads and verifies; damaged ones are named and skipped.
             found = ckpt.load_newest_valid(self.output_dir / "checkpoints")
             if found is None:
-                log.info("trainer.resume=auto: no checkpoint in %s yet, starting from scratch", self.output_dir / "checkpoints")
+                # Asked for and not found: loud, since a mistyped run dir would otherwise quietly start over.
+                log.log(logging.WARNING if asked else logging.INFO,
+                        "%sno checkpoint in %s, starting from scratch", "trainer.resume=auto: " if asked else "",
+                        self.output_dir / "checkpoints")
                 return
             path, state = found
         else:
             path = Path(resume)
-            state = ckpt.load_checkpoint(path)
+            state = ckpt.load_checkpoint(path, require=ckpt.RESUME_KEYS)
         restore_run_state(self, state, path)
         log.info("resumed from %s at epoch %d, step %d%s", path, self.epoch, self.step,
                  f" (mid-epoch, after {self.batches_done} batches)" if self.batches_done else "")
@@ -314,8 +327,9 @@ class Trainer:
         self.scheduler.step(epoch)
         anneal = self.anneal
         if anneal is not None:
-            self._set_temperature(annealed_temperature(self.step, round(anneal.epochs * self.updates_per_epoch),
-                                                       anneal.start, anneal.end))
+            # In epochs, like the LR: a resume with another batch size (so another number of updates
+            # per epoch) continues the same curve.
+            self._set_temperature(annealed_temperature(epoch, anneal.epochs, anneal.start, anneal.end))
 
     def _set_temperature(self, tau: float):
         # τ is a plain attribute, not a buffer: the EMA copy does not inherit it and needs it set too.
@@ -404,6 +418,7 @@ class Trainer:
             "device": str(self.device),
             "world_size": self.dist.world_size,
             "batch": self.batching.as_dict(),
+            "resumed": self.resume_history,  # each resume: from which checkpoint, and the config changes applied
             "checkpoints": {name: str(self.output_dir / "checkpoints" / f"{name}.pt") for name in ("last", "best")},
             "config": OmegaConf.to_container(self.cfg, resolve=True),
         }

@@ -16,10 +16,10 @@ def set_temperature(model: nn.Module, tau: float) -> int:
     return count
 
 
-def annealed_temperature(step: int, anneal_steps: int, start: float = 30.0,
+def annealed_temperature(progress: float, duration: float, start: float = 30.0,
                          end: float = 1.0) -> float:
-    """DyConv's schedule: tau falls linearly from ``start`` to ``end`` over ``anneal_steps``
-    iterations, then stays at ``end``."""
-    if anneal_steps <= 0 or step >= anneal_steps:
+    """DyConv's schedule: tau falls linearly from ``start`` to ``end`` over ``duration``, then stays at
+    ``end``. ``progress`` and ``duration`` share a unit: the Trainer uses (fractional) epochs."""
+    if duration <= 0 or progress >= duration:
         return float(end)
-    return float(start + (end - start) * step / anneal_steps)
+    return float(start + (end - start) * progress / duration)

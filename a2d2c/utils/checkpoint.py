@@ -25,12 +25,24 @@ from a2d2c.utils.errors import ConfigError
 log = logging.getLogger(__name__)
 
 CHECKSUM_KEY = "checksum"
+# What a checkpoint holds, versioned. 1: the first layout, no "format" key; 2: adds "format",
+# "batch" (per-device batch, accumulation, world size), "class_map" and "resume_history".
+FORMAT_VERSION = 2
+FORMAT_KEY = "format"
+# What each reader needs. Resuming needs the run state; evaluating needs the weights and config.
+# (Keys added by later formats are read with defaults: an older checkpoint that has these still loads.)
+EVAL_KEYS = ("model", "config", "epoch")
+RESUME_KEYS = ("model", "optimizer", "epoch", "step", "rng", "config", "metrics", "best")
 # Numbered checkpoints (periodic and end-of-epoch) are kept for resume=auto to fall back on.
 NUMBERED = re.compile(r"step-(\d+)\.pt")
 
 
 class CheckpointError(ConfigError):
     """A checkpoint that cannot be written or trusted (damaged, foreign, unsafe). One line, naming the file."""
+
+
+class CheckpointFormatError(CheckpointError):
+    """A sound checkpoint of a format this version cannot use: not damage, so never skipped over."""
 
 
 def _fsync_dir(directory: Path):
@@ -136,8 +148,12 @@ def copy_checkpoint(src, dst) -> Path:
     return dst
 
 
-def load_checkpoint(path, map_location="cpu") -> dict:
-    """Load with `weights_only=True` and verify the checksum; every failure is one CheckpointError line."""
+def load_checkpoint(path, map_location="cpu", require=("model", "config")) -> dict:
+    """Load with `weights_only=True`, verify the checksum and that the keys in `require` are there.
+
+    Every failure is one CheckpointError line: damaged, foreign, unsafe, or of a format this
+    version cannot use (a newer one, or an older one that lacks what the caller needs).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path} (give the path of a .pt file a run wrote, e.g. outputs/<run>/checkpoints/best.pt)")
@@ -159,7 +175,35 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     expected = state.get(CHECKSUM_KEY)
     if expected is not None and state_digest(state) != expected:
         raise CheckpointError(f"checkpoint {path} is corrupt: its content does not match its checksum")
+    check_format(state, path, require)
     return state
+
+
+def check_format(state: dict, path, require) -> None:
+    version = state.get(FORMAT_KEY, 1)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointFormatError(f"checkpoint {path} has format {version!r}, newer than this a2d2c reads "
+                              f"(up to {FORMAT_VERSION}); update a2d2c to load it")
+    missing = [key for key in require if key not in state]
+    if missing:
+        raise CheckpointFormatError(f"checkpoint {path} (format {version}; this a2d2c writes {FORMAT_VERSION}) lacks "
+                                    f"{', '.join(missing)}, which this needs; it was written by another version of "
+                                    f"a2d2c: use that version for it, or start a new run")
+
+
+def remove_stale_temp_files(directory) -> int:
+    """Delete the temp files (`.<name>.*.tmp`) of writes that a kill interrupted; returns how many.
+
+    Call it only while no other process writes to `directory` (the run dir's lock, a2d2c/utils/run_dir.py).
+    """
+    directory = Path(directory)
+    stale = [p for p in directory.glob(".*.tmp") if p.is_file()] if directory.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        log.warning("removed %d temp file(s) of an interrupted checkpoint write in %s: %s",
+                    len(stale), directory, ", ".join(p.name for p in stale))
+    return len(stale)
 
 
 def numbered_checkpoint_path(directory, step: int) -> Path:
@@ -181,7 +225,7 @@ def prune_checkpoints(directory, keep: int):
         path.unlink(missing_ok=True)
 
 
-def load_newest_valid(directory):
+def load_newest_valid(directory, require=RESUME_KEYS):
     """(path, state) of the newest checkpoint in `directory` that loads and verifies, or None if there is none.
 
     Damaged files are skipped with a warning naming each; if checkpoints exist but none is valid,
@@ -192,7 +236,9 @@ def load_newest_valid(directory):
     problems = []
     for path in candidates:
         try:
-            return path, load_checkpoint(path)
+            return path, load_checkpoint(path, require=require)
+        except CheckpointFormatError:
+            raise
         except CheckpointError as e:
             log.warning("skipping %s", e)
             problems.append(path.name)
@@ -229,23 +275,6 @@ def restore_rng_state(state: dict):
 def _as_tuples(value):
     # random.setstate wants the nested tuples back that serialisation may have turned into lists.
     return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
-
-
-# What must agree between a checkpoint and the run that loads its weights.
-MODEL_IDENTITY = (("backbone", "name"), ("conv", "type"), ("dataset", "num_classes"), ("dataset", "stem"))
-
-
-def check_same_model(saved_config: dict, config, path):
-    """One clear line when a checkpoint was trained with another backbone, conv type or class count."""
-    differences = []
-    for section, key in MODEL_IDENTITY:
-        saved = saved_config.get(section, {}).get(key)
-        wanted = config[section][key]
-        if saved != wanted:
-            differences.append(f"{section}.{key}={saved} (this run: {wanted})")
-    if differences:
-        raise ConfigError(f"checkpoint {path} was trained with {', '.join(differences)}; resume it with the same "
-                          f"settings or start a new run without trainer.resume")
 
 
 def load_weights(model: torch.nn.Module, state_dict: dict, path):

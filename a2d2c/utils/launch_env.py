@@ -74,8 +74,3 @@ def register_start_time_resolver():
 
     OmegaConf.register_new_resolver("start_time", lambda pattern: job_start_time().strftime(pattern),
                                     use_cache=True, replace=True)
-
-
-def rank_overrides(env=os.environ) -> list:
-    """Hydra overrides for this rank: ranks other than 0 leave no `.hydra/` copy in the shared run dir."""
-    return ["hydra.output_subdir=null"] if env_rank(env) != 0 else []

@@ -1,0 +1,175 @@
+"""Types and ranges of the config values train.py and eval.py read, checked before anything is built or written.
+
+Hydra parses `trainer.epochs=abc` as the string 'abc' and `optimizer.lr=nan` as a float, and passes
+both on: without these checks they surface deep in the Trainer as a traceback, or not at all
+(`trainer.epochs=1.5` would train 2 epochs). Each bad value ends with one ConfigError line naming
+the key, what is valid and the file that sets it.
+"""
+import math
+from typing import Callable, NamedTuple
+
+from omegaconf import DictConfig, OmegaConf
+
+from a2d2c.utils.batch_scaling import LR_RULES
+from a2d2c.utils.errors import ConfigError
+
+AMP_CHOICES = (None, "bf16", "fp16")  # the keys of trainer.AMP_DTYPES, kept here so this module needs no torch
+EVAL_NEEDS_CHECKPOINT = "eval.py needs checkpoint=<path to a .pt file a run wrote, e.g. outputs/<run>/checkpoints/best.pt>"
+
+
+# ------------------------------------------------------------------------------ value tests
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)  # True is an int in Python, not a count
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def whole(low: int) -> Callable:
+    return lambda v: _is_int(v) and v >= low
+
+
+def number(low: float, high: float = math.inf, low_open: bool = False, high_open: bool = True) -> Callable:
+    def test(v):
+        return (_is_number(v) and (v > low if low_open else v >= low)
+                and (v < high if high_open else v <= high))
+    return test
+
+
+def or_null(test: Callable) -> Callable:
+    return lambda v: v is None or test(v)
+
+
+def one_of(*choices) -> Callable:
+    return lambda v: not isinstance(v, bool) and v in choices  # not bool: 0 == False would pass for 0
+
+
+def boolean(v) -> bool:
+    return isinstance(v, bool)
+
+
+def text(v) -> bool:
+    return isinstance(v, str) and v != ""
+
+
+def node(v) -> bool:
+    return isinstance(v, DictConfig)
+
+
+class Rule(NamedTuple):
+    key: str
+    test: Callable
+    valid: str          # what is valid, as the error message says it
+    optional: bool = False  # the key may be absent (read with .get(), or only some optimizers have it)
+
+
+# A key under a node that is null is skipped: the node's own rule says whether null is allowed
+# (trainer.temperature=null turns annealing off). Nodes come before their keys.
+TRAIN_RULES = (
+    Rule("seed", whole(0), "a whole number >= 0"),
+    Rule("trainer", node, "a node of trainer settings"),
+    Rule("optimizer", node, "a node with the optimizer's _target_ and lr"),
+    Rule("trainer.epochs", whole(1), "a whole number >= 1"),
+    Rule("trainer.batch_size", whole(1), "a whole number >= 1"),
+    Rule("trainer.per_device_batch_size", or_null(whole(1)), "null or a whole number >= 1", optional=True),
+    Rule("trainer.accum_steps", whole(1), "a whole number >= 1"),
+    Rule("trainer.eval_batch_size", or_null(whole(1)), "null (the training batch) or a whole number >= 1"),
+    Rule("trainer.lr_scaling", or_null(node), "null or a node with rule and base_batch_size", optional=True),
+    Rule("trainer.lr_scaling.rule", one_of(*LR_RULES), f"one of {', '.join(LR_RULES)}"),
+    Rule("trainer.lr_scaling.base_batch_size", whole(1), "a whole number >= 1"),
+    Rule("trainer.device", text, "a device name, e.g. auto, cpu, cuda or cuda:1"),
+    Rule("trainer.amp", one_of(*AMP_CHOICES), "null (fp32), bf16 or fp16"),
+    Rule("trainer.sync_bn", boolean, "true or false", optional=True),
+    Rule("trainer.channels_last", boolean, "true or false"),
+    Rule("trainer.compile", boolean, "true or false"),
+    Rule("trainer.deterministic", boolean, "true or false"),
+    Rule("trainer.clip_grad_norm", or_null(number(0, low_open=True)), "null or a finite number > 0"),
+    Rule("trainer.ema", node, "a node with enabled, decay and use_warmup"),
+    Rule("trainer.ema.enabled", boolean, "true or false"),
+    Rule("trainer.ema.decay", number(0, 1, low_open=True), "a number in (0, 1), e.g. 0.9998"),
+    Rule("trainer.ema.use_warmup", boolean, "true or false"),
+    Rule("trainer.temperature", or_null(node), "null (no annealing) or a node with start, end and epochs"),
+    Rule("trainer.temperature.start", number(0, low_open=True), "a finite number > 0"),
+    Rule("trainer.temperature.end", number(0, low_open=True), "a finite number > 0"),
+    Rule("trainer.temperature.epochs", number(0), "a finite number >= 0 (fractions allowed)"),
+    Rule("trainer.monitor", or_null(text), "null (the task's metric) or a metric name, e.g. top1"),
+    Rule("trainer.resume", or_null(text), "null, auto or the path of a checkpoint"),
+    Rule("trainer.log_every", whole(1), "a whole number >= 1"),
+    Rule("trainer.progress_bar", boolean, "true or false"),
+    Rule("trainer.checkpoint_every_steps", or_null(whole(0)), "a whole number >= 0 (0: only at epoch ends)"),
+    Rule("trainer.keep_last", whole(1), "a whole number >= 1"),
+    Rule("trainer.skip_nonfinite", boolean, "true or false"),
+    Rule("optimizer.lr", number(0, low_open=True), "a finite number > 0"),
+    Rule("optimizer.weight_decay", number(0), "a finite number >= 0", optional=True),
+    Rule("optimizer.momentum", number(0, 1), "a number in [0, 1)", optional=True),
+)
+
+EVAL_RULES = (
+    Rule("checkpoint", text, "the path of a .pt file a run wrote"),
+    Rule("ema", boolean, "true or false"),
+    Rule("device", text, "a device name, e.g. auto, cpu, cuda or cuda:1"),
+    Rule("batch_size", or_null(whole(1)), "null (the run's batch) or a whole number >= 1"),
+)
+
+# Where a key's default lives, by its first part.
+WHERE = {"trainer": "configs/trainer/default.yaml", "optimizer": "configs/optimizer/",
+         "seed": "configs/train.yaml"}
+
+_ABSENT, _MISSING, _NO_NODE = object(), object(), object()
+
+
+def _lookup(cfg, key: str):
+    """The value at `key` (interpolations resolved), or why there is none: _ABSENT (no such key), _MISSING (???)
+    or _NO_NODE (a node above it is null, absent, ??? or a plain value: that node's own rule judges it)."""
+    parent = cfg
+    *path, last = key.split(".")
+    for part in path:
+        if part not in parent.keys() or OmegaConf.is_missing(parent, part):
+            return _NO_NODE
+        parent = parent[part]
+        if not isinstance(parent, DictConfig):
+            return _NO_NODE
+    if last not in parent.keys():  # not `in parent`: that is False for a ??? (missing) value
+        return _ABSENT
+    if OmegaConf.is_missing(parent, last):
+        return _MISSING
+    return parent[last]
+
+
+def _shown(value) -> str:
+    """A value as the user would type it on the command line."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if OmegaConf.is_config(value):  # a node or list where a value belongs
+        return str(OmegaConf.to_container(value))
+    return repr(value)  # quotes a string ('abc'), so `trainer.epochs='1'` is told apart from 1
+
+
+def _apply(cfg, rules, where) -> None:
+    for rule in rules:
+        value = _lookup(cfg, rule.key)
+        if value is _NO_NODE or (value is _ABSENT and rule.optional):
+            continue
+        if value is _ABSENT or value is _MISSING:
+            raise ConfigError(f"{rule.key} is not set: expected {rule.valid} ({where(rule.key)})")
+        if not rule.test(value):
+            raise ConfigError(f"{rule.key}={_shown(value)} is not valid: expected {rule.valid} ({where(rule.key)})")
+
+
+def check_train_config(cfg: DictConfig) -> None:
+    """Raise ConfigError (one line) for the first value the Trainer reads that has the wrong type or range."""
+    epochs = _lookup(cfg, "trainer.epochs")
+    if _is_int(epochs) and epochs < 1:  # a count, but of nothing: the user probably wants to evaluate
+        raise ConfigError(f"trainer.epochs={epochs} trains nothing; use a count >= 1 "
+                          f"(to score a checkpoint, run eval.py checkpoint=<path>)")
+    _apply(cfg, TRAIN_RULES, lambda key: WHERE[key.split(".")[0]])
+
+
+def check_eval_config(cfg: DictConfig) -> None:
+    """eval.py's own values; a missing checkpoint= says how to give one."""
+    if OmegaConf.is_missing(cfg, "checkpoint"):
+        raise ConfigError(EVAL_NEEDS_CHECKPOINT)
+    _apply(cfg, EVAL_RULES, lambda key: "configs/eval.yaml")
