@@ -50,6 +50,17 @@ GROUP_OPTIONS = sorted(f"{group.name}={option.stem}" for group in CONFIG_DIR.ite
     (["trainer.lr_scaling.rule=cubic"], "trainer.lr_scaling.rule='cubic' is not valid: expected one of none, linear, sqrt"),
     (["trainer.lr_scaling.base_batch_size=0"], "trainer.lr_scaling.base_batch_size=0 is not valid"),
     (["trainer.monitor=1"], "trainer.monitor=1 is not valid"),
+    (["trainer.resume=true"], "trainer.resume=true is not valid: expected null, auto or the path of a checkpoint"),
+    (["trainer.sync_bn=1"], "trainer.sync_bn=1 is not valid: expected true or false"),
+    (["trainer.channels_last=abc"], "trainer.channels_last='abc' is not valid"),
+    (["trainer.deterministic=1"], "trainer.deterministic=1 is not valid"),
+    (["trainer.ema.use_warmup=0"], "trainer.ema.use_warmup=0 is not valid"),
+    # A value where a node belongs (trainer.temperature=30 meant as the start τ) or a node that is required.
+    (["trainer.temperature=30"], "trainer.temperature=30 is not valid: expected null (no annealing) or a node"),
+    (["trainer.lr_scaling=5"], "trainer.lr_scaling=5 is not valid: expected null or a node"),
+    (["trainer.ema=null"], "trainer.ema=null is not valid: expected a node"),
+    (["~trainer"], "trainer is not set: expected a node of trainer settings (configs/trainer/default.yaml)"),
+    (["~optimizer"], "optimizer is not set: expected a node with the optimizer's _target_ and lr (configs/optimizer/)"),
     (["~trainer.keep_last"], "trainer.keep_last is not set: expected a whole number >= 1 (configs/trainer/default.yaml)"),
     (["optimizer.lr=nan"], "optimizer.lr=nan is not valid: expected a finite number > 0 (configs/optimizer/)"),
     (["optimizer.lr=0"], "optimizer.lr=0 is not valid"),
@@ -96,7 +107,8 @@ def test_eval_config_needs_a_checkpoint_and_checks_its_own_values():
     for override, message in [("batch_size=0", "batch_size=0 is not valid: expected null (the run's batch) or a whole"),
                               ("batch_size=abc", "batch_size='abc' is not valid"),
                               ("ema=1", "ema=1 is not valid: expected true or false (configs/eval.yaml)"),
-                              ("checkpoint=null", "checkpoint=null is not valid")]:
+                              ("checkpoint=null", "checkpoint=null is not valid"),
+                              ("device=0", "device=0 is not valid: expected a device name")]:
         with pytest.raises(ConfigError, match=re.escape(message)):
             check_eval_config(compose_config("checkpoint=run/best.pt", override, config_name="eval"))
 

@@ -56,15 +56,16 @@ def test_a_val_split_missing_a_class_keeps_the_training_labels(tmp_path, decode,
     assert val.classes == ["a", "b", "c"] and val.class_to_idx == {"a": 0, "b": 1, "c": 2}
     assert [int(val[i][1]) for i in range(len(val))] == [0, 0, 2, 2]  # __getitem__ reads the new labels
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "class folder 'b'" in warnings[0] and str(tmp_path / "val") in warnings[0]
+    assert len(warnings) == 1 and "class folder 'b'" in warnings[0] and warnings[0].count(str(tmp_path / "val")) == 1
 
 
 def test_a_val_class_the_training_split_lacks_is_one_line(tmp_path):
     train = TolerantImageFolder(str(write_folder(tmp_path / "train", ["a", "b"])))
     val = TolerantImageFolder(str(write_folder(tmp_path / "val", ["a", "b", "x"])))
-    with pytest.raises(ConfigError, match=rf"^class folder 'x' of {tmp_path / 'val'} is not one of the 2 training "
-                                          rf"classes \(a, b\): the model has no output for it; remove it") as error:
-        apply_class_map(val, dataset_class_map(train), str(tmp_path / "val"))
+    with pytest.raises(ConfigError, match=rf"^class folder 'x' of the imagenet val split \({tmp_path / 'val'}\) is "
+                                          rf"not one of the 2 training classes \(a, b\): the model has no output for "
+                                          rf"it; remove it") as error:
+        apply_class_map(val, dataset_class_map(train), "the imagenet val split")  # as the Trainer names it
     assert "\n" not in str(error.value)
 
 

@@ -19,7 +19,7 @@ from a2d2c.engine import Trainer
 from a2d2c.engine.divergence import NonFiniteLossError
 from a2d2c.utils import checkpoint as ckpt
 from a2d2c.utils.distributed import DistInfo
-from train_utils import QUIET, REPO, TINY, compose_config
+from train_utils import QUIET, REPO, TINY, compose_config, wait_for_step
 
 STATE = {"model": {"w": torch.arange(64, dtype=torch.float32)}, "config": {"seed": 0}, "step": 3}
 
@@ -265,19 +265,6 @@ def _start(run_dir: Path, *extra) -> subprocess.Popen:
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log)
 
 
-def _wait_for_step(proc: subprocess.Popen, metrics: Path, step: int, start_offset: int, timeout: float = 120):
-    """Block until this process has logged an update >= `step` (or has ended)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        if metrics.is_file():
-            with open(metrics) as f:
-                f.seek(start_offset)
-                lines = [line for line in f.read().splitlines() if line.endswith("}")]
-            if any(json.loads(line)["step"] >= step for line in lines):
-                return
-        time.sleep(0.01)
-
-
 def _final_model(run_dir: Path) -> dict:
     return ckpt.load_checkpoint(run_dir / "checkpoints" / "last.pt")
 
@@ -298,7 +285,7 @@ def test_kill_9_at_random_points_then_resume_gives_bitwise_identical_weights(uni
     for step in kill_steps:
         offset = metrics.stat().st_size if metrics.is_file() else 0
         proc = _start(tmp_path)
-        _wait_for_step(proc, metrics, step, offset)
+        wait_for_step(proc, metrics, step, offset)
         proc.send_signal(signal.SIGKILL)  # no handler, no cleanup: the process just vanishes
         assert proc.wait(timeout=60) == -signal.SIGKILL, f"the run ended before the kill at step {step}"
     proc = _start(tmp_path)
@@ -313,7 +300,7 @@ def test_kill_9_at_random_points_then_resume_gives_bitwise_identical_weights(uni
 def test_preemption_signal_saves_exits_and_resume_auto_finishes_identically(uninterrupted, tmp_path, signum):
     metrics = tmp_path / "metrics.jsonl"
     proc = _start(tmp_path)
-    _wait_for_step(proc, metrics, 5, 0)
+    wait_for_step(proc, metrics, 5, 0)
     proc.send_signal(signum)
     assert proc.wait(timeout=120) == 128 + signum
     stderr = "".join(p.read_text() for p in tmp_path.glob("stderr-*.txt"))
@@ -330,8 +317,10 @@ def _torchrun(run_dir: Path, *extra, env: dict | None = None) -> subprocess.Pope
     env = {**os.environ, "WANDB_SILENT": "true", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})}
     run_dir.mkdir(parents=True, exist_ok=True)
     log = open(run_dir / f"stderr-{time.monotonic_ns()}.txt", "w")
+    # No trainer.resume: a restarted job continues in its run dir by itself (a2d2c/utils/run_dir.py).
+    overrides = [o for o in SUBPROCESS_RUN if o != "trainer.resume=auto"]
     return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", *extra, "train.py",
-                             *SUBPROCESS_RUN, f"hydra.run.dir={run_dir}"],
+                             *overrides, f"hydra.run.dir={run_dir}"],
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log)
 
 
@@ -353,7 +342,7 @@ def test_torchrun_max_restarts_resumes_after_a_rank_is_killed(tmp_path):
     # gets a fresh store: otherwise a restarted rank can read the dead rank 0's gloo address from the shared
     # store and fail to connect (connection refused, in about one run in three on the 2-core machine).
     proc = _torchrun(run_dir, "--standalone", "--max-restarts=1", env={"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"})
-    _wait_for_step(proc, run_dir / "metrics.jsonl", 7, 0, timeout=300)
+    wait_for_step(proc, run_dir / "metrics.jsonl", 7, 0, timeout=300)
     os.kill(_worker_with_rank(proc.pid, 1), signal.SIGKILL)  # rank 1 dies; the agent restarts both ranks
     assert proc.wait(timeout=600) == 0, "".join(p.read_text() for p in run_dir.glob("stderr-*.txt"))[-4000:]
     assert "resumed from" in (run_dir / "train.log").read_text()

@@ -1,7 +1,9 @@
 """Shared helpers for the config, trainer and CLI tests: compose configs, run the entry points."""
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -27,3 +29,16 @@ def run_script(script, *args, timeout=600):
     env = {**os.environ, "WANDB_SILENT": "true", "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, script, *map(str, args)], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def wait_for_step(proc: subprocess.Popen, metrics: Path, step: int, start_offset: int, timeout: float = 120):
+    """Block until this process has logged an update >= `step` (or has ended)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.is_file():
+            with open(metrics) as f:
+                f.seek(start_offset)
+                lines = [line for line in f.read().splitlines() if line.endswith("}")]
+            if any(json.loads(line)["step"] >= step for line in lines):
+                return
+        time.sleep(0.01)

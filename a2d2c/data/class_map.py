@@ -87,7 +87,9 @@ def apply_class_map(eval_dataset, class_map: Optional[list], source: str) -> Non
                           f"was trained on")
 
 
-def _missing_and_unknown(train_classes: list, eval_classes: list, source: str, what: str):
+def _missing_and_unknown(train_classes: list, eval_classes: list, source: str, location, what: str):
+    location = str(location)
+    source = source if location in source else f"{source} ({location})"  # the path, whatever `source` says
     known = set(train_classes)
     unknown = [c for c in eval_classes if c not in known]
     if unknown:
@@ -104,7 +106,7 @@ def _missing_and_unknown(train_classes: list, eval_classes: list, source: str, w
 
 
 def _apply_to_folder(dataset: DatasetFolder, class_map: list, source: str) -> None:
-    _missing_and_unknown(class_map, list(dataset.classes), source, "class folder")
+    _missing_and_unknown(class_map, list(dataset.classes), source, dataset.root, "class folder")
     position = {name: label for label, name in enumerate(class_map)}
     new_label = {old: position[name] for name, old in dataset.class_to_idx.items()}
     dataset.samples = [(path, new_label[label]) for path, label in dataset.samples]
@@ -116,7 +118,7 @@ def _apply_to_folder(dataset: DatasetFolder, class_map: list, source: str) -> No
 
 
 def _apply_to_coco(dataset: CocoDetectionDataset, class_map: list, source: str) -> None:
-    _missing_and_unknown(class_map, list(dataset.category_ids), source, "category id")
+    _missing_and_unknown(class_map, list(dataset.category_ids), source, dataset.annotation_file, "category id")
     dataset.set_label_order(class_map)
 
 

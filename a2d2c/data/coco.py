@@ -84,7 +84,7 @@ def _load_coco(image_dir, annotation_file) -> CocoDetection:
         raise ConfigError(f"{annotation_file}: an entry of it lacks a key or is not an object "
                           f"({type(e).__name__}: {e}); {format_hint}") from e
     missing = [key for key in COCO_KEYS if key not in base.coco.dataset]
-    if False:
+    if missing:
         raise ConfigError(f"{annotation_file} has no {' or '.join(map(repr, missing))}; {format_hint}")
     return base
 
