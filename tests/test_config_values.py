@@ -65,6 +65,7 @@ GROUP_OPTIONS = sorted(f"{group.name}={option.stem}" for group in CONFIG_DIR.ite
     (["optimizer.lr=nan"], "optimizer.lr=nan is not valid: expected a finite number > 0 (configs/optimizer/)"),
     (["optimizer.lr=0"], "optimizer.lr=0 is not valid"),
     (["optimizer.lr=abc"], "optimizer.lr='abc' is not valid"),
+    (["optimizer.lr=true"], "optimizer.lr=true is not valid"),  # True == 1 in Python: not a learning rate
     (["optimizer.weight_decay=-1e-4"], "optimizer.weight_decay=-0.0001 is not valid: expected a finite number >= 0"),
     (["optimizer.weight_decay=inf"], "optimizer.weight_decay=inf is not valid"),
     (["optimizer=sgd", "optimizer.momentum=1.0"], "optimizer.momentum=1.0 is not valid: expected a number in [0, 1)"),

@@ -119,6 +119,8 @@ def test_a_coco_val_split_missing_a_category_is_scored_with_the_training_labels(
     with caplog.at_level(logging.WARNING):
         apply_class_map(val, class_map, str(val.annotation_file))
     assert val.label_to_category == train.label_to_category == (0, 18, 44, 90)
+    with pytest.raises(ValueError, match=r"categories \[90\] of .*val.json would have no label"):
+        val.set_label_order([18, 44])  # what apply_class_map rules out with its ConfigError
     assert [val[i][1]["labels"].tolist() for i in range(len(val))] == [[1], [3]]  # dog, toothbrush: training's labels
     evaluator = CocoEvaluator(val.coco, val.label_to_category)
     evaluator.update([t["image_id"] for t in targets], outputs)
@@ -180,7 +182,8 @@ def test_a_bad_image_in_a_loader_worker_is_one_line(folder_with_a_text_file, cap
     assert str(ConfigError("a\nb")) == "a\nb" and str(ConfigError(*error.args)) == str(error)
 
 
-@pytest.mark.parametrize("content, reason", [(b"", "the file is empty"), (None, r"not a JPEG: it starts with b'\\x89PNG")])
+@pytest.mark.parametrize("content, reason", [(b"", "the file is empty"),
+                                             (None, r"not a JPEG: it starts with b'\\x89PNG")])
 def test_a_file_the_device_cannot_decode_is_named_or_skipped(folder_with_a_text_file, content, reason):
     bad = folder_with_a_text_file / "a" / "1_text.jpg"
     if content is None:
@@ -194,7 +197,8 @@ def test_a_file_the_device_cannot_decode_is_named_or_skipped(folder_with_a_text_
     skipping = build_imagenet(str(folder_with_a_text_file.parent), "data", decode="gpu", bad_images="skip")
     encoded, labels = collate_encoded([skipping[i] for i in range(len(skipping))])
     assert labels.tolist() == [0, 1, 1] and skipping.num_skipped == 1  # replaced by the next sample, b/0.jpg
-    assert GpuImagePipeline(train=False, image_size=8, resize_size=8)(encoded, torch.device("cpu")).shape == (3, 3, 8, 8)
+    pipeline = GpuImagePipeline(train=False, image_size=8, resize_size=8)
+    assert pipeline(encoded, torch.device("cpu")).shape == (3, 3, 8, 8)
 
 
 def test_a_truncated_jpeg_fails_the_device_batch_with_one_line(folder_with_a_text_file):

@@ -67,7 +67,8 @@ def _check_kind(class_map, kind: type, dataset, what: str):
 def apply_class_map(eval_dataset, class_map: Optional[list], source: str) -> None:
     """Relabel `eval_dataset` in place so label i is the class ``class_map[i]`` of the training split.
 
-    `source` says where the evaluation data is (its root or annotation file) in the messages.
+    `source` names the evaluation split in the messages (e.g. "the imagenet val split"); the
+    dataset's root or annotation file is added where `source` does not hold it already.
     A training class the evaluation split lacks is a warning naming it (its accuracy or AP cannot
     be measured); an evaluation class the training split lacks is a ConfigError (the model has no
     output for it). `class_map` None (labels fixed by construction) changes nothing.

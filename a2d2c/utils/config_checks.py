@@ -42,7 +42,7 @@ def or_null(test: Callable) -> Callable:
 
 
 def one_of(*choices) -> Callable:
-    return lambda v: not isinstance(v, bool) and v in choices  # not bool: 0 == False would pass for 0
+    return lambda v: v in choices
 
 
 def boolean(v) -> bool:
