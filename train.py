@@ -9,6 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from a2d2c.utils.cli import check_group_choices, check_override_keys, exit_on_config_error, group_sweep_runs
+from a2d2c.utils.config_checks import check_train_config
 from a2d2c.utils.run_dir import claim_run_dir, continue_command, release, save_hydra_files
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -23,6 +24,7 @@ def main(cfg: DictConfig):
     hydra_cfg = HydraConfig.get()
     run_dir = hydra_cfg.runtime.output_dir
     with exit_on_config_error():
+        check_train_config(cfg)  # a bad value ends here, before the run dir is claimed and written (also in Trainer)
         # Locked for this run, or refused before anything in it is touched; True when a restart continues it.
         continue_job = claim_run_dir(run_dir, cfg.trainer.resume, partial(save_hydra_files, cfg=cfg, hydra_cfg=hydra_cfg))
         try:

@@ -51,6 +51,8 @@ GROUP_OPTIONS = sorted(f"{group.name}={option.stem}" for group in CONFIG_DIR.ite
     (["trainer.lr_scaling.base_batch_size=0"], "trainer.lr_scaling.base_batch_size=0 is not valid"),
     (["trainer.monitor=1"], "trainer.monitor=1 is not valid"),
     (["trainer.resume=true"], "trainer.resume=true is not valid: expected null, auto or the path of a checkpoint"),
+    (["trainer.resume_allow=trainer.epochs"], "trainer.resume_allow='trainer.epochs' is not valid: expected a list of config keys"),
+    (["trainer.resume_allow=[1]"], "trainer.resume_allow=[1] is not valid"),
     (["trainer.sync_bn=1"], "trainer.sync_bn=1 is not valid: expected true or false"),
     (["trainer.channels_last=abc"], "trainer.channels_last='abc' is not valid"),
     (["trainer.deterministic=1"], "trainer.deterministic=1 is not valid"),
@@ -82,7 +84,7 @@ def test_a_bad_training_value_is_one_config_error_naming_it(overrides, message):
 @pytest.mark.parametrize("overrides", [
     ["trainer.temperature=null"], ["trainer.lr_scaling=null"], ["trainer.temperature.epochs=0.5"],
     ["trainer.clip_grad_norm=1"], ["trainer.amp=bf16"], ["trainer.amp=fp16"], ["trainer.per_device_batch_size=8"],
-    ["trainer.checkpoint_every_steps=null"], ["trainer.resume=auto"], ["trainer.monitor=top5"],
+    ["trainer.checkpoint_every_steps=null"], ["trainer.resume=auto"], ["trainer.resume_allow=[trainer.epochs,optimizer.lr]"], ["trainer.monitor=top5"],
     ["optimizer.lr=1"], ["optimizer=sgd", "optimizer.momentum=0"], ["trainer.ema.enabled=true"],
 ])
 def test_valid_edge_values_pass(overrides):

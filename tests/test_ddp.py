@@ -65,9 +65,11 @@ def train_curve(tmp_path, name, *launcher_and_overrides):
 
 
 # Two processes sum in a different order than one: the curves agree to float32 rounding, amplified
-# a little over 12 updates. Without SyncBN they differ by far more (each rank normalises over 8).
-LOSS_TOLERANCE = 1e-4
-WEIGHT_TOLERANCE = 1e-4
+# over 12 updates. With torch 2.14.1 (CPU) the largest differences measured were 2.2e-4 in a loss
+# and 2.2e-3 in a weight (1e-4 had held with the torch of earlier sessions). Without SyncBN the
+# training loss is off by 0.54 (each rank normalises over 8): the tolerances keep a wide gap to that.
+LOSS_TOLERANCE = 1e-3
+WEIGHT_TOLERANCE = 1e-2
 
 
 def test_two_processes_with_sync_bn_follow_the_one_process_loss_curve(tmp_path):

@@ -8,7 +8,7 @@ the key, what is valid and the file that sets it.
 import math
 from typing import Callable, NamedTuple
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from a2d2c.utils.batch_scaling import LR_RULES
 from a2d2c.utils.errors import ConfigError
@@ -57,6 +57,10 @@ def node(v) -> bool:
     return isinstance(v, DictConfig)
 
 
+def key_list(v) -> bool:
+    return isinstance(v, ListConfig) and all(text(k) for k in v)
+
+
 class Rule(NamedTuple):
     key: str
     test: Callable
@@ -95,6 +99,8 @@ TRAIN_RULES = (
     Rule("trainer.temperature.epochs", number(0), "a finite number >= 0 (fractions allowed)"),
     Rule("trainer.monitor", or_null(text), "null (the task's metric) or a metric name, e.g. top1"),
     Rule("trainer.resume", or_null(text), "null, auto or the path of a checkpoint"),
+    # A bare string would be read letter by letter as a list of keys.
+    Rule("trainer.resume_allow", key_list, "a list of config keys, e.g. [trainer.epochs,optimizer.lr]", optional=True),
     Rule("trainer.log_every", whole(1), "a whole number >= 1"),
     Rule("trainer.progress_bar", boolean, "true or false"),
     Rule("trainer.checkpoint_every_steps", or_null(whole(0)), "a whole number >= 0 (0: only at epoch ends)"),
