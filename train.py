@@ -18,7 +18,7 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig):
     from a2d2c.engine import Trainer  # torch & co. load after the config is known to be valid
-    from a2d2c.engine.trainer import Preempted
+    from a2d2c.engine.preemption import Preempted
 
     group_sweep_runs(cfg)  # in a sweep, the jobs' wandb runs are grouped by it
     hydra_cfg = HydraConfig.get()

@@ -6,7 +6,6 @@ to eval.py) is tested there too.
 import re
 
 import pytest
-from omegaconf import OmegaConf
 
 from a2d2c.utils.config_checks import EVAL_NEEDS_CHECKPOINT, check_eval_config, check_train_config
 from a2d2c.utils.errors import ConfigError
@@ -125,8 +124,8 @@ def assert_only_hydra_wrote(run_dir, script):
 @pytest.mark.parametrize("override, fragment", [
     ("trainer.epochs=abc", "trainer.epochs='abc' is not valid: expected a whole number >= 1 (configs/trainer/default.yaml)"),
     ("optimizer.lr=nan", "optimizer.lr=nan is not valid: expected a finite number > 0"),
-    ("trainer.epochs=1.5", "trainer.epochs=1.5 is not valid"),  # used to train 2 epochs, logging "epoch 2/1"
-    ("trainer.batch_size=-1", "trainer.batch_size=-1 is not valid: expected a whole number >= 1"),
+    # trainer.epochs=1.5 (which trained 2 epochs, logging "epoch 2/1") and trainer.batch_size=-1 go through
+    # the same call; the unit tests above cover them without starting a process each.
 ])
 def test_train_py_ends_a_bad_value_with_one_line_and_writes_nothing(override, fragment, tmp_path):
     proc = run_script("train.py", override, "logger=none", f"hydra.run.dir={tmp_path / 'run'}")

@@ -1,7 +1,6 @@
 """Fault tolerance: checksummed atomic checkpoints, safe loading, resume=auto, preemption signals,
 non-finite losses, mid-epoch recovery and kill -9 at random points (README "Fault tolerance")."""
 import errno
-import json
 import os
 import random
 import signal

@@ -41,6 +41,29 @@ def capture_run_state(trainer, metrics: dict, rng: list) -> dict:
     }
 
 
+def resume_run(trainer, resume, asked: bool = True) -> None:
+    """Resume `trainer` from checkpoint `resume`, or with "auto" from the newest valid one in its run dir.
+
+    `asked`: the user set trainer.resume (a restarted job resumes without asking, and quietly when there
+    is nothing to resume yet).
+    """
+    if resume == "auto":
+        # The newest checkpoint that loads and verifies; damaged ones are named and skipped.
+        found = ckpt.load_newest_valid(trainer.output_dir / "checkpoints")
+        if found is None:
+            # Asked for and not found: loud, since a mistyped run dir would otherwise quietly start over.
+            log.log(logging.WARNING if asked else logging.INFO, "%sno checkpoint in %s, starting from scratch",
+                    "trainer.resume=auto: " if asked else "", trainer.output_dir / "checkpoints")
+            return
+        path, state = found
+    else:
+        path = Path(resume)
+        state = ckpt.load_checkpoint(path, require=ckpt.RESUME_KEYS)
+    restore_run_state(trainer, state, path)
+    log.info("resumed from %s at epoch %d, step %d%s", path, trainer.epoch, trainer.step,
+             f" (mid-epoch, after {trainer.batches_done} batches)" if trainer.batches_done else "")
+
+
 def restore_run_state(trainer, state: dict, path: Path) -> None:
     """Load `state` (a checkpoint read from `path`) into `trainer`, whose config honours or refuses each change.
 

@@ -9,7 +9,6 @@ import json
 import logging
 import math
 import signal
-import threading
 import time
 from contextlib import nullcontext
 from functools import partial
@@ -26,7 +25,8 @@ from a2d2c.data import build_eval_loader, build_train_loader
 from a2d2c.data.aspect_ratio import build_grouped_train_loader
 from a2d2c.data.class_map import apply_class_map, check_num_classes, dataset_class_map
 from a2d2c.engine.divergence import DivergenceGuard
-from a2d2c.engine.run_state import capture_run_state, restore_run_state
+from a2d2c.engine.preemption import Preempted, PreemptionNotice
+from a2d2c.engine.run_state import capture_run_state, resume_run
 from a2d2c.layers import annealed_temperature, set_temperature
 from a2d2c.utils import checkpoint as ckpt
 from a2d2c.utils import distributed
@@ -40,20 +40,9 @@ from a2d2c.utils.tracking import JsonlWriter
 log = logging.getLogger(__name__)
 
 AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
-# Preemption notices: SLURM sends SIGTERM (or SIGUSR1 with --signal) before killing a job.
-PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 # Under DDP the stop flag is all-reduced every this many updates, not every update: a collective
 # plus a host read per step would stall the GPU queue. Preemption grace periods are far longer.
 STOP_CHECK_EVERY = 10
-
-
-class Preempted(Exception):
-    """Raised after a preemption signal once the checkpoint is saved; train.py says how to continue and
-    exits with 128 + signal."""
-
-    def __init__(self, signum: int, checkpoint):
-        self.signum, self.checkpoint = signum, checkpoint
-        super().__init__(f"received {signal.Signals(signum).name}: saved {checkpoint}")
 
 
 def amp_dtype_from_config(amp):
@@ -119,7 +108,7 @@ class Trainer:
         self.divergence = DivergenceGuard(tcfg.skip_nonfinite, self.dist.world_size, self.device)
         self.resume_history = []  # each resume of this run and the config changes it applied
         self.last_checkpoint = None  # the newest checkpoint this run wrote or resumed from
-        self._stop_signal = None  # set by the preemption signal handler
+        self.preemption = PreemptionNotice()  # records SIGTERM/SIGUSR1 while fit() runs
         self.tau = None
         self.best = None
         self.wall_time_s = 0.0
@@ -129,7 +118,7 @@ class Trainer:
         if self.dist.is_main:  # the run dir is this process's (train.py holds its lock): nobody else writes there
             ckpt.remove_stale_temp_files(self.output_dir / "checkpoints")
         if tcfg.resume or continue_job:
-            self._resume(tcfg.resume or "auto", asked=bool(tcfg.resume))
+            resume_run(self, tcfg.resume or "auto", asked=bool(tcfg.resume))
         self._open_trackers()
 
     # ----------------------------------------------------------------------------------- setup
@@ -154,24 +143,6 @@ class Trainer:
         eval_set = instantiate(dcfg.eval)
         apply_class_map(eval_set, self.class_map, f"the {dcfg.name} {dcfg.eval_split} split")
         self.eval_loader = build_eval_loader(eval_set, eval_batch, self.dist, dcfg.num_workers, pin, collate)
-
-    def _resume(self, resume, asked: bool = True):
-        if resume == "auto":
-            # The newest checkpoint that loads and verifies; damaged ones are named and skipped.
-            found = ckpt.load_newest_valid(self.output_dir / "checkpoints")
-            if found is None:
-                # Asked for and not found: loud, since a mistyped run dir would otherwise quietly start over.
-                log.log(logging.WARNING if asked else logging.INFO,
-                        "%sno checkpoint in %s, starting from scratch", "trainer.resume=auto: " if asked else "",
-                        self.output_dir / "checkpoints")
-                return
-            path, state = found
-        else:
-            path = Path(resume)
-            state = ckpt.load_checkpoint(path, require=ckpt.RESUME_KEYS)
-        restore_run_state(self, state, path)
-        log.info("resumed from %s at epoch %d, step %d%s", path, self.epoch, self.step,
-                 f" (mid-epoch, after {self.batches_done} batches)" if self.batches_done else "")
 
     def _open_trackers(self):
         self.metrics_file, self.tracker = None, None
@@ -200,45 +171,33 @@ class Trainer:
         start = time.perf_counter()
         wall_before = self.wall_time_s
         metrics = self.last_metrics
-        previous_handlers = self._install_signal_handlers()
         try:
-            while self.epoch < epochs:
-                train_metrics = self.train_one_epoch(self.epoch)
-                eval_metrics, eval_time = self._timed(self.evaluate)
-                self.epoch += 1
-                self.wall_time_s = wall_before + time.perf_counter() - start
-                metrics = {"epoch": self.epoch, "step": self.step, **train_metrics, **eval_metrics,
-                           "eval_img_per_s": eval_metrics[f"{self.eval_split}/samples"] / eval_time}
-                is_best = self._update_best(metrics)
-                self._log(metrics)
-                self.last_metrics = metrics
-                self.save_checkpoint(metrics, is_best)
-                log.info("epoch %d/%d  train loss %.4f  %s %.2f (best %.2f @ %d)  lr %.3g  tau %s  %.0fs",
-                         self.epoch, epochs, train_metrics["train/loss"], self.monitor, metrics[self.monitor],
-                         self.best[self.monitor], self.best["epoch"], train_metrics["lr"],
-                         "-" if self.tau is None else f"{self.tau:.2f}", self.wall_time_s)
-                if self._stop_requested():  # the signal came during evaluation: that checkpoint is the one
-                    raise Preempted(self._stop_signal or signal.SIGTERM, self.last_checkpoint)
-            return self._write_results(metrics)
+            with self.preemption:  # SIGTERM/SIGUSR1 set a flag the loop reads between updates
+                while self.epoch < epochs:
+                    train_metrics = self.train_one_epoch(self.epoch)
+                    eval_metrics, eval_time = self._timed(self.evaluate)
+                    self.epoch += 1
+                    self.wall_time_s = wall_before + time.perf_counter() - start
+                    metrics = {"epoch": self.epoch, "step": self.step, **train_metrics, **eval_metrics,
+                               "eval_img_per_s": eval_metrics[f"{self.eval_split}/samples"] / eval_time}
+                    is_best = self._update_best(metrics)
+                    self._log(metrics)
+                    self.last_metrics = metrics
+                    self.save_checkpoint(metrics, is_best)
+                    log.info("epoch %d/%d  train loss %.4f  %s %.2f (best %.2f @ %d)  lr %.3g  tau %s  %.0fs",
+                             self.epoch, epochs, train_metrics["train/loss"], self.monitor, metrics[self.monitor],
+                             self.best[self.monitor], self.best["epoch"], train_metrics["lr"],
+                             "-" if self.tau is None else f"{self.tau:.2f}", self.wall_time_s)
+                    if self._stop_requested():  # the signal came during evaluation: that checkpoint is the one
+                        raise Preempted(self.preemption.signum or signal.SIGTERM, self.last_checkpoint)
+                return self._write_results(metrics)
         finally:
-            for signum, handler in previous_handlers.items():
-                signal.signal(signum, handler)
             self._close()
 
     # ------------------------------------------------------------------------------ preemption
-    def _install_signal_handlers(self) -> dict:
-        """SIGTERM/SIGUSR1 only set a flag: the loop saves a checkpoint at the next update boundary and exits."""
-        if threading.current_thread() is not threading.main_thread():
-            return {}  # Python delivers signals to the main thread only
-
-        def request_stop(signum, frame):
-            self._stop_signal = signum
-
-        return {signum: signal.signal(signum, request_stop) for signum in PREEMPTION_SIGNALS}
-
     def _stop_requested(self, every: int = 1) -> bool:
         # Every rank must stop at the same update (checkpointing is collective): any rank's signal stops all.
-        flag = self._stop_signal is not None
+        flag = self.preemption.signum is not None
         if self.dist.world_size > 1:
             if self.step % every:
                 return False
@@ -293,7 +252,7 @@ class Trainer:
                 self.batches_done = i + 1
                 if i + 1 < micro_batches:  # the end-of-epoch checkpoint follows evaluation, in fit()
                     if self._stop_requested(every=STOP_CHECK_EVERY):
-                        raise Preempted(self._stop_signal or signal.SIGTERM, self.save_checkpoint(self.last_metrics, False))
+                        raise Preempted(self.preemption.signum or signal.SIGTERM, self.save_checkpoint(self.last_metrics, False))
                     if every and stepped and self.step % every == 0:
                         self.save_checkpoint(self.last_metrics, False)
             batch_size = self.task.batch_size(batch) * self.dist.world_size

@@ -38,6 +38,7 @@ from a2d2c.utils.launch_env import env_rank, job_start_time
 LOCK_NAME = "run.lock"
 RECORD_NAME = "run.json"
 JOB_INDEX = Path("outputs") / ".jobs"  # relative to the working directory, as the default run dirs are
+STAMP = re.compile(r"\d{4}-\d{2}-\d{2}/\d{2}-\d{2}-\d{2}-[0-9a-f]{6}")
 DEFAULT_LAYOUT = re.compile(r"/(\d{4}-\d{2}-\d{2})/(\d{2}-\d{2}-\d{2}-[0-9a-f]{6})_[^/]+$")
 _held_locks = {}  # run dir -> open lock file, kept for the life of the process
 
@@ -67,9 +68,11 @@ def run_stamp(env=os.environ) -> str:
     key = job_key(env)
     if key is not None and is_restart(env) and _index_file(key).is_file():
         try:
-            return json.loads(_index_file(key).read_text())["stamp"]
-        except (OSError, ValueError, KeyError):
-            pass  # an unreadable index entry: a new dir; the first attempt's stays untouched
+            stamp = json.loads(_index_file(key).read_text())["stamp"]
+        except (OSError, ValueError, KeyError, TypeError):
+            stamp = None  # an unreadable index entry: a new dir; the first attempt's stays untouched
+        if isinstance(stamp, str) and STAMP.fullmatch(stamp):  # a path fragment read from a file: only this shape
+            return stamp
     if env.get("TORCHELASTIC_RUN_ID"):  # every rank derives the same token from the job's run id
         token = hashlib.sha1(env["TORCHELASTIC_RUN_ID"].encode()).hexdigest()[:6]
     else:
