@@ -7,10 +7,13 @@
         hydra.launcher.partition=gpu hydra.launcher.account=myproj      # one SLURM job per run
     python scripts/reproduce.py --table a2d2c_imagenet --slurm --dry-run   # print the commands only
     python scripts/reproduce.py --list
+    python scripts/reproduce.py --table dyconv_imagenet --plan        # no data, no GPU: the rows, ours vs the paper's
 
 Each table (a2d2c/utils/paper_tables.py) is one or more Hydra sweeps of train.py; extra arguments
 are Hydra overrides added to every sweep. Runs land in <out>/sweep_<i>/<job>; the table is written
 to <out>/<table>.md and the plot to <out>/<table>.png (scripts/make_table.py redoes both any time).
+--plan runs nothing: it composes every run, builds and counts its model (a2d2c/utils/table_plan.py),
+prints the table the runs will fill with the paper's numbers beside ours and writes <out>/<table>_plan.json.
 """
 from __future__ import annotations
 
@@ -23,11 +26,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from a2d2c.utils.errors import ConfigError  # noqa: E402
 from a2d2c.utils.paper_tables import TABLES  # noqa: E402
-
-
-def override_key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
+from a2d2c.utils.table_plan import override_key  # noqa: E402
 
 
 def sweep_commands(table, out: Path, overrides, nproc: int = 1, slurm: bool = False) -> list:
@@ -51,15 +52,36 @@ def sweep_commands(table, out: Path, overrides, nproc: int = 1, slurm: bool = Fa
     return commands
 
 
+def plan(table, overrides, out: Path) -> int:
+    """--plan: every run composed and its model counted, nothing trained, no data read."""
+    from a2d2c.utils.cli import check_group_choices, check_override_keys
+    from a2d2c.utils.table_plan import CONFIG_DIR, plan_markdown, write_plan
+    from a2d2c.utils.table_plan import plan as plan_rows
+
+    check_group_choices(CONFIG_DIR, overrides)  # as train.py: a bad choice or key is one line
+    check_override_keys(CONFIG_DIR, "train", overrides)
+    try:
+        rows = plan_rows(table, overrides)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(plan_markdown(rows))
+    print(f"plan: {write_plan(rows, out, table.name)}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--table", choices=sorted(TABLES), help="which table to reproduce")
+    parser.add_argument("--table", help="which table to reproduce: " + ", ".join(sorted(TABLES)))
     parser.add_argument("--list", action="store_true", help="list the tables and their runs, then exit")
     parser.add_argument("--out", type=Path, help="where runs, table and plot go (default: reproduce/<table>)")
     parser.add_argument("--slurm", action="store_true", help="submit through hydra-submitit-launcher (hydra/launcher=slurm)")
     parser.add_argument("--nproc", type=int, default=1, help="processes (GPUs) per run: torchrun locally, tasks per node on SLURM")
     parser.add_argument("--dry-run", action="store_true", help="print the commands instead of running them")
+    parser.add_argument("--plan", action="store_true",
+                        help="run nothing: print the table's rows with our params/MAdds beside the paper's, "
+                             "and write <out>/<table>_plan.json")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run, e.g. dataset.root=/data/imagenet")
     args = parser.parse_args(argv)
 
@@ -69,12 +91,17 @@ def main(argv=None) -> int:
         return 0
     if args.table is None:
         parser.error("--table is required; valid: " + ", ".join(sorted(TABLES)))
+    if args.table not in TABLES:
+        print(f"error: unknown table {args.table!r}; valid: {', '.join(sorted(TABLES))}", file=sys.stderr)
+        return 2
     table = TABLES[args.table]
     missing = [req for req in table.requires if not (REPO / "configs" / req).is_file()]
     if missing:
         print(f"error: table {table.name} needs configs/{', configs/'.join(missing)}, which this checkout does not have "
               f"(detection configs)", file=sys.stderr)
         return 2
+    if args.plan:
+        return plan(table, args.overrides, (args.out or REPO / "reproduce" / table.name).resolve())
     if table.needs_data and not args.dry_run and not any(o.startswith("dataset.root=") for o in args.overrides):
         print(f"error: table {table.name} trains on a dataset on disk; pass dataset.root=<its directory>", file=sys.stderr)
         return 2

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from a2d2c.layers import create_conv2d
+from a2d2c.layers import DynamicConv2d, create_conv2d
+from a2d2c.layers.dynamic_conv import PATHS
 from a2d2c.models import build_classifier
 from a2d2c.utils.complexity import count_complexity
 
@@ -63,6 +64,15 @@ def test_static_backbones_match_torchvision_numbers(name, static_macs):
 def test_dynamic_backbones_within_two_percent_of_the_dyconv_paper(name, paper_macs):
     macs = count_complexity(on_meta(name, "dynamic"))["macs"]
     assert abs(macs - paper_macs) / paper_macs < 0.02
+
+
+def test_dynamic_counts_do_not_depend_on_the_path():
+    # K responses would count 6.90 G on DY-ResNet-18; every path counts the canonical form, the
+    # README table's 45.5M / 1.86G (the value `auto` has always given), and keeps its own path.
+    for path in PATHS:
+        model = on_meta("resnet18", "dynamic", path=path)
+        assert count_complexity(model) == {"params": 45_472_052, "macs": 1_859_012_352}, path
+        assert {m.path for m in model.modules() if isinstance(m, DynamicConv2d)} == {path}
 
 
 def test_meta_and_real_tensors_give_the_same_counts():

@@ -158,6 +158,28 @@ def test_tuned_path_is_measured_once_and_cached():
     assert m.select_path(x) == chosen
 
 
+@pytest.mark.parametrize("frozen", ["weight", "layer"])
+@pytest.mark.parametrize("training", [True, False])
+def test_tune_works_with_frozen_kernels(frozen, training):
+    # Frozen stages (detection) or requires_grad_(False): the tuner times the backward that
+    # really runs, without the kernel gradients, instead of failing every candidate.
+    from a2d2c.layers.path_tuning import TUNER
+    torch.manual_seed(0)
+    m = build("dynamic", "dense", path="tune").double().train(training)
+    (m.weight if frozen == "weight" else m).requires_grad_(False)
+    x = torch.randn(3, m.in_channels, 9, 7, dtype=torch.float64, requires_grad=True)
+    TUNER.choices.pop(m._tuning_key(x), None)  # measure here, whatever ran before
+    out = m(x)
+    assert m._tuning_key(x) in TUNER.choices
+    out.backward(torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view_as(out))
+    m.path = "aggregate"
+    x_ref = x.detach().requires_grad_()
+    ref = m(x_ref)
+    ref.backward(torch.linspace(-1, 1, ref.numel(), dtype=torch.float64).view_as(ref))
+    assert rel_err(out, ref) < 1e-10 and rel_err(x.grad, x_ref.grad) < 1e-10
+    assert m.weight.grad is None
+
+
 def test_a_path_that_fails_while_tuning_is_skipped_with_a_warning(caplog):
     from a2d2c.layers.path_tuning import PathTuner
 

@@ -14,6 +14,9 @@ from .mixture_conv import IntOrPair, MixtureConv2d, init_like_conv2d_
 from .path_tuning import TUNABLE_PATHS, TUNER, default_path
 
 PATHS = ("auto", "tune", "aggregate", "unfold", "triton", "responses", "reference")
+# DyConv's own formulation (attention, kernel aggregation, one conv per sample): the form the
+# papers count MAdds in, whichever path a model is built to run (utils/complexity.py).
+CANONICAL_PATH = "aggregate"
 
 
 class DynamicConv2d(MixtureConv2d):
@@ -79,7 +82,7 @@ class DynamicConv2d(MixtureConv2d):
         return (tuple(x.shape), x.dtype, str(x.device), autocast, torch.is_grad_enabled(),
                 x.is_contiguous(memory_format=torch.channels_last), self.out_channels,
                 self.kernel_size, self.stride, self.padding, self.dilation, self.groups,
-                self.num_kernels)
+                self.num_kernels, self.weight.requires_grad)  # a frozen kernel's backward is less work
 
     def _time_path(self, path: str, x: torch.Tensor) -> None:
         """One forward (and backward, when training) of ``path``, for the tuner."""
@@ -87,7 +90,10 @@ class DynamicConv2d(MixtureConv2d):
         attn = self.attention(x.detach()).detach().requires_grad_(torch.is_grad_enabled())
         out = self._compute(path, x, attn)
         if torch.is_grad_enabled():
-            torch.autograd.grad(out, (x, attn, self.weight), torch.ones_like(out))
+            # Only the kernels that train: asking autograd for the gradient of a frozen one
+            # (frozen stages, requires_grad_(False)) is an error, which would fail every path.
+            trained = tuple(p for p in (self.weight, self.bias) if p is not None and p.requires_grad)
+            torch.autograd.grad(out, (x, attn) + trained, torch.ones_like(out))
 
     def _compute(self, path: str, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
         if path == "responses":

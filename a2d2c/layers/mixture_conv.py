@@ -27,8 +27,10 @@ def init_like_conv2d_(weight: torch.Tensor, bias: Optional[torch.Tensor] = None)
 class MixtureConv2d(nn.Module):
     """Holds nn.Conv2d's hyper-parameters plus K and the softmax temperature.
 
-    ``temperature`` is a plain float attribute so a schedule can change it every step
-    (see ``set_temperature``) without touching the optimizer or the state dict.
+    ``temperature`` is a persistent 0-dim buffer: it is model state, so a checkpoint saved
+    mid-annealing reloads at its own tau. ``set_temperature`` writes it in place (no new tensor:
+    torch.compile does not recompile, EMA copies keep following). State dicts from before it
+    was a buffer load too, keeping the current value (``_load_from_state_dict``).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrPair,
@@ -53,7 +55,17 @@ class MixtureConv2d(nn.Module):
             else to_2tuple(padding)
         self.groups = groups
         self.num_kernels = num_kernels
-        self.temperature = float(temperature)
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # Older checkpoints have no tau: keep the current one. Every other key stays strict.
+        key = prefix + "temperature"
+        absent = key not in state_dict
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        if absent and key in missing_keys:
+            missing_keys.remove(key)
 
     def output_size(self, height: int, width: int):
         return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in zip(
@@ -87,4 +99,4 @@ class MixtureConv2d(nn.Module):
             s += f", groups={self.groups}"
         if getattr(self, "bias", None) is None:
             s += ", bias=False"
-        return s + f", num_kernels={self.num_kernels}, temperature={self.temperature:g}"
+        return s + f", num_kernels={self.num_kernels}, temperature={float(self.temperature):g}"

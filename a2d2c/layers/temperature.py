@@ -1,18 +1,22 @@
 """Softmax temperature of the dynamic layers and its annealing schedule."""
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 
 from .mixture_conv import MixtureConv2d
 
 
 def set_temperature(model: nn.Module, tau: float) -> int:
-    """Set tau on every dynamic layer of ``model``; returns how many layers were set."""
+    """Set tau on every dynamic layer of ``model``; returns how many layers were set.
+
+    In place: the buffer stays the same tensor, so a compiled model does not recompile."""
     count = 0
-    for module in model.modules():
-        if isinstance(module, MixtureConv2d):
-            module.temperature = float(tau)
-            count += 1
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, MixtureConv2d):
+                module.temperature.fill_(float(tau))
+                count += 1
     return count
 
 

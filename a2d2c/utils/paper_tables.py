@@ -21,6 +21,24 @@ DYCONV_IMAGENET = {
 }
 
 
+# The setting the DyConv numbers hold for (REFERENCES.md): ImageNet-1k at 224x224, DY layers with K = 4.
+DYCONV_SETTING = {"dataset": "imagenet", "image_size": 224, "num_classes": 1000, "num_kernels": 4}
+
+# What is known about where our counts and DyConv's differ (REFERENCES.md, "DyConv ImageNet table").
+# (backbone or "*", conv or "*") -> note; a row gets every note that matches it.
+DYCONV_NOTES = {
+    ("*", "dynamic"): "Independent re-implementations count more DY parameters than the paper (the attention "
+                      "branches); MAdds agree within about 1.5% (REFERENCES.md).",
+    ("mobilenetv3_small", "*"): "torchvision's MobileNetV3-Small is a smaller network (2.5M, 56.5M MAdds) than "
+                                "the one in the paper's table (REFERENCES.md).",
+    ("mobilenetv2_x0_75", "*"): "Paper row as recalled by secondary sources (top-1; static params/MAdds): "
+                                "approximate (REFERENCES.md).",
+    ("mobilenetv2_x0_35", "*"): "Paper row as recalled by secondary sources (top-1; static params/MAdds): "
+                                "approximate (REFERENCES.md).",
+    ("mobilenetv2_x0_5", "static"): "Paper static row as recalled by secondary sources: approximate (REFERENCES.md).",
+}
+
+
 def _dyconv_reference() -> dict:
     reference = {}
     for backbone, rows in DYCONV_IMAGENET.items():
@@ -37,6 +55,8 @@ class PaperTable:
     reference: dict = field(default_factory=dict)  # (backbone, conv) -> {"params", "macs", "metric"}
     requires: tuple = ()     # config files (under configs/) the runs need
     needs_data: bool = True  # runs read a dataset from disk: pass dataset.root=...
+    reference_setting: dict = field(default_factory=dict)  # dataset, image_size, num_classes, num_kernels
+    reference_notes: dict = field(default_factory=dict)    # (backbone or "*", conv or "*") -> known difference
 
     def runs(self) -> int:
         count = 0
@@ -62,6 +82,8 @@ TABLES = {
              "backbone=mobilenetv2_x0_75,mobilenetv2_x0_35,mobilenetv3_small", "conv=static,dynamic"),
         ),
         reference=_dyconv_reference(),
+        reference_setting=DYCONV_SETTING,
+        reference_notes=DYCONV_NOTES,
     ),
     "a2d2c_imagenet": PaperTable(
         "a2d2c_imagenet",
@@ -73,6 +95,8 @@ TABLES = {
              f"conv={CONV_TYPES}"),
         ),
         reference=_dyconv_reference(),
+        reference_setting=DYCONV_SETTING,
+        reference_notes=DYCONV_NOTES,
     ),
     "a2d2c_cifar100": PaperTable(
         "a2d2c_cifar100",
@@ -96,3 +120,25 @@ TABLES = {
         needs_data=False,
     ),
 }
+
+
+def paper_numbers(table: PaperTable, run: dict):
+    """The paper's {"params", "macs", "metric"} for a run (a dict with dataset, image_size, num_classes,
+    backbone, conv, num_kernels), or None: also None when the run's setting is not the paper's
+    (another dataset or input size, or a dynamic conv with another K)."""
+    paper = table.reference.get((run["backbone"], run["conv"]))
+    setting = table.reference_setting
+    if paper is None:
+        return None
+    for key in ("dataset", "image_size", "num_classes"):
+        if key in setting and run.get(key) != setting[key]:
+            return None
+    if run["conv"] != "static" and "num_kernels" in setting and run.get("num_kernels") != setting["num_kernels"]:
+        return None
+    return dict(paper)
+
+
+def paper_notes(table: PaperTable, run: dict) -> list:
+    """What is known about why the run's counts may differ from the paper's."""
+    return [note for (backbone, conv), note in table.reference_notes.items()
+            if backbone in ("*", run["backbone"]) and conv in ("*", run["conv"])]
