@@ -172,6 +172,14 @@ def test_backbone_weights_are_loaded_and_switch_to_torchvisions_pretrained_defau
         small_detector("fasterrcnn", "resnet10", backbone_weights=tmp_path / "missing.pt")
 
 
+def test_backbone_weights_saved_before_temperature_was_model_state_still_load(tmp_path):
+    classifier = build_classifier("resnet10", "dynamic", num_classes=7)
+    old = {k: v for k, v in classifier.state_dict().items() if not k.endswith(".temperature")}
+    torch.save({"model": old, "config": {}}, tmp_path / "old.pt")
+    model = small_detector("fasterrcnn", "resnet10", "dynamic", backbone_weights=tmp_path / "old.pt")
+    assert torch.equal(model.backbone.body.layer2[0].conv1.weight, classifier.layer2[0].conv1.weight)
+
+
 def test_bad_arguments_end_with_one_line():
     with pytest.raises(ValueError, match="unknown detector 'yolo'; valid: fasterrcnn, retinanet"):
         build_detector("yolo", "resnet10")

@@ -76,7 +76,9 @@ def load_backbone_weights(classifier: nn.Module, path) -> None:
     weights = state["model"] if isinstance(state, dict) and "model" in state else state
     own = classifier.state_dict()
     weights = {k: v for k, v in weights.items() if not _is_classifier_head(k)}
-    problems = [f"missing {k}" for k in own if k not in weights and not _is_classifier_head(k)]
+    # A checkpoint from before τ was model state has no `.temperature` buffers; the layers keep theirs.
+    problems = [f"missing {k}" for k in own
+                if k not in weights and not _is_classifier_head(k) and not k.endswith(".temperature")]
     problems += [f"unexpected {k}" for k in weights if k not in own]
     problems += [f"{k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}"
                  for k, v in weights.items() if k in own and v.shape != own[k].shape]
