@@ -291,7 +291,7 @@ class Trainer:
             self._set_temperature(annealed_temperature(epoch, anneal.epochs, anneal.start, anneal.end))
 
     def _set_temperature(self, tau: float):
-        # τ is a plain attribute, not a buffer: the EMA copy does not inherit it and needs it set too.
+        # The EMA copy is a separate module: its τ buffer is set too (its update would only average equal values).
         self.tau = tau
         set_temperature(self.model, tau)
         if self.ema is not None:
