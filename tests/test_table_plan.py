@@ -38,6 +38,17 @@ def test_digits_demo_plan_counts_what_the_trainer_counts_without_reading_the_dat
         assert (row["params"], row["macs"]) == (trainer.complexity["params"], trainer.complexity["macs"]), row["conv"]
 
 
+def test_detection_run_is_counted_on_what_the_trainer_counts(tmp_path):
+    # A detector is counted on task.complexity_module (backbone + FPN) at task.input_size, as the Trainer does.
+    overrides = ["dataset=shapes", "backbone=resnet10", "conv=dynamic", f"dataset.root={tmp_path / 'shapes'}",
+                 "dataset.num_train=8", "dataset.num_val=4"]
+    row = plan_row(TABLES["a2d2c_coco"], overrides)
+    assert not (tmp_path / "shapes").exists()  # the plan generated no data
+    assert key(row) == ("shapes", "resnet10", "dynamic", 4) and row["metric"] == "AP" and row["paper"] is None
+    trainer = Trainer(compose_config(*overrides, *QUIET, "trainer.device=cpu"), tmp_path / "run")
+    assert (row["params"], row["macs"]) == (trainer.complexity["params"], trainer.complexity["macs"])
+
+
 def test_seeds_collapse_and_user_overrides_replace_the_tables_own():
     rows = plan(TABLES["digits_demo"], ["conv=static,dynamic", "seed=0,1,2", "dataset.image_size=16"])
     assert [key(r) for r in rows] == DIGITS_RUNS[:2]
