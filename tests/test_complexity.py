@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from a2d2c.layers import DynamicConv2d, create_conv2d
 from a2d2c.layers.dynamic_conv import PATHS
@@ -96,3 +97,28 @@ def test_complexity_script_prints_paper_numbers_beside_ours(tmp_path):
     assert "| resnet10 | 5.4M / 889.2M | 20.2M / 908.9M |" in text
     assert "5.2M / 890.0M | 18.6M / 910.0M |" in text  # the paper's row
     assert "32x32, cifar stem" in text
+
+
+# DyConv paper (REFERENCES.md): DY-MobileNetV2 params and MAdds at 224x224, 1000 classes.
+DY_MOBILENETV2_PAPER = {"mobilenetv2_x1_0": (11.1e6, 312.9e6), "mobilenetv2_x0_75": (7.0e6, 217.5e6),
+                        "mobilenetv2_x0_5": (4.0e6, 101.4e6)}
+
+
+@pytest.mark.parametrize("name", DY_MOBILENETV2_PAPER)
+def test_dy_mobilenetv2_params_and_madds_within_two_percent_of_the_paper(name):
+    # The default layout keeps MobileNetV2's last 1x1 conv (features.18) static; converted, the
+    # params were 12-16% above the paper's.
+    counts = count_complexity(on_meta(name, "dynamic"))
+    params, macs = DY_MOBILENETV2_PAPER[name]
+    assert abs(counts["params"] - params) / params < 0.02
+    assert abs(counts["macs"] - macs) / macs < 0.02
+
+
+@pytest.mark.parametrize("name", ["mobilenetv3_small", "mobilenetv3_large"])
+def test_no_squeeze_excitation_conv_of_mobilenetv3_is_dynamic(name):
+    from torchvision.ops.misc import SqueezeExcitation
+
+    model = on_meta(name, "dynamic")
+    se = [m for m in model.modules() if isinstance(m, SqueezeExcitation)]
+    assert se and all(type(m.fc1) is nn.Conv2d and type(m.fc2) is nn.Conv2d for m in se)
+    assert sum(isinstance(m, DynamicConv2d) for m in model.modules()) > 20  # the rest is converted

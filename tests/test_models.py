@@ -235,14 +235,26 @@ def test_conv_options_are_passed():
 # --------------------------------------------------------------------------- which convs convert
 
 
+def kept_static_by_default(name, names):
+    """The backbone's default static convs, besides the stem: MobileNetV2's last 1x1 conv,
+    MobileNetV3's squeeze-excitation convs (the DyConv paper's counts; see backbones.py)."""
+    if name.startswith("mobilenetv2"):
+        return [n for n in names if n.startswith("features.18.")]
+    if name.startswith("mobilenetv3"):
+        return [n for n in names if n.endswith((".fc1", ".fc2"))]
+    return []
+
+
 @pytest.mark.parametrize("name", BACKBONES)
 @pytest.mark.parametrize("conv_type", DYNAMIC_TYPES)
 def test_all_but_stem_keeps_hyper_parameters(name, conv_type):
     static = build_classifier(name, "static", num_classes=10, stem="cifar")
     model = build_classifier(name, conv_type, num_classes=10, stem="cifar")
     names = conv_names(static)
-    assert static_conv_names(model, names) == [names[0]]
-    for conv_name in names[1:]:
+    kept = kept_static_by_default(name, names)
+    assert static_conv_names(model, names) == [names[0]] + kept
+    assert bool(kept) == name.startswith("mobilenet")
+    for conv_name in [n for n in names[1:] if n not in kept]:
         old, new = static.get_submodule(conv_name), model.get_submodule(conv_name)
         depthwise = old.groups > 1 and old.groups == old.in_channels == old.out_channels
         expected = CONV_CLASSES[conv_type]
@@ -258,10 +270,23 @@ def test_all_but_stem_keeps_hyper_parameters(name, conv_type):
 @pytest.mark.parametrize("name", ["resnet18", "mobilenetv3_small"])
 def test_convert_all_and_none(name):
     names = conv_names(build_classifier(name))
-    assert static_conv_names(build_classifier(name, "dynamic", convert="all"), names) == []
+    kept = kept_static_by_default(name, names)
+    assert static_conv_names(build_classifier(name, "dynamic", convert="all"), names) == kept
+    assert static_conv_names(build_classifier(name, "dynamic", convert="all", keep_static=[]), names) == []
     assert static_conv_names(build_classifier(name, "dynamic", convert="none"), names) == names
     static = build_classifier(name, "static", convert="all")
     assert num_params(static) == num_params(TORCHVISION_REFERENCES[name]())
+
+
+@pytest.mark.parametrize("name", ["mobilenetv2_x0_35", "mobilenetv3_small"])
+def test_keep_static_overrides_the_backbone_default(name):
+    names = conv_names(build_classifier(name))
+    assert static_conv_names(build_classifier(name, "dynamic", keep_static=[]), names) == names[:1]
+    model = build_classifier(name, "a2d2c", keep_static=["features.1"], exclude=["features.2"])
+    assert static_conv_names(model, names) == [n for n in names if n.startswith(("features.0.", "features.1.",
+                                                                                 "features.2."))]
+    with pytest.raises(ValueError, match="matches no module"):
+        build_classifier(name, "dynamic", keep_static=["layer4"])
 
 
 def test_exclude_patterns():
@@ -352,7 +377,8 @@ def test_cifar_stem_and_biases_init():
     model = build_classifier("resnet50", stem="cifar")
     stem = model.conv1.weight
     assert stem.std().item() == pytest.approx(kaiming_fan_out_std(stem), rel=0.1)
-    # MobileNetV3's squeeze-excitation convs have biases: zero, as torchvision initialises them.
-    model = build_classifier("mobilenetv3_small", "dynamic")
+    # MobileNetV3's squeeze-excitation convs have biases: zero, as torchvision initialises them
+    # (converted here with keep_static=[]; they stay static by default).
+    model = build_classifier("mobilenetv3_small", "dynamic", keep_static=[])
     biased = [m for m in model.modules() if isinstance(m, DynamicConv2d) and m.bias is not None]
     assert biased and all(torch.count_nonzero(m.bias) == 0 for m in biased)

@@ -1,8 +1,9 @@
 """Classification backbones: torchvision's definitions with a chosen conv type.
 
 ``build_classifier`` builds the static torchvision model (no pretrained weights), optionally
-swaps its stem for CIFAR-size inputs, then converts its convs to the chosen conv type. Static
-models therefore have exactly torchvision's parameter counts.
+swaps its stem for CIFAR-size inputs, optionally loads a static model's weights, then converts
+its convs to the chosen conv type. Static models therefore have exactly torchvision's parameter
+counts.
 """
 
 from __future__ import annotations
@@ -16,21 +17,42 @@ from torchvision.models import mobilenet_v2, mobilenet_v3_large, mobilenet_v3_sm
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from a2d2c.models.convert import convert_convs, find_stem_conv, init_conv_kernels
+from a2d2c.models.weights import load_classifier_weights
 
-__all__ = ["BACKBONES", "STEMS", "build_classifier"]
+__all__ = ["BACKBONES", "KEEP_STATIC", "STEMS", "build_classifier"]
 
 
 class _Backbone(NamedTuple):
     family: str  # "resnet", "mobilenetv2" or "mobilenetv3": decides stem and dropout handling
     build: Callable[..., nn.Module]  # torchvision constructor: build(num_classes=...)
+    # exclude patterns (as ``convert_convs``) of the convs that stay static by default, for every
+    # conv type: the backbone's part of the conversion layout, on top of the conv's ``exclude``.
+    keep_static: tuple = ()
 
 
 def _resnet(block: type, layers: list) -> _Backbone:
     return _Backbone("resnet", partial(ResNet, block, layers))
 
 
+# MobileNetV2's last 1x1 conv (features.18, 320 -> 1280 at x1.0) stays static: with it dynamic,
+# DY-MobileNetV2 has 12.4M / 7.9M / 4.6M / 3.1M params (x1.0 / x0.75 / x0.5 / x0.35) against the
+# DyConv paper's 11.1M / 7.0M / 4.0M / 2.8M; kept static, 11.15M / 7.01M / 3.95M / 2.69M, so it is
+# very likely the paper's choice (the paper does not say). A2D2C has no published counts; a2d2c and
+# a2d2c_plus keep the same layout, so that every conv type converts the same layers.
+_MOBILENET_V2_STATIC = ("features.18",)
+# MobileNetV3's squeeze-excitation 1x1 convs (fc1, fc2) stay static: they act on a 1x1 pooled map
+# and are already an input-dependent (attention) branch; converted, they were 18 of
+# MobileNetV3-Small's 51 dynamic convs.
+_MOBILENET_V3_STATIC = ("features.*.block.*.fc1", "features.*.block.*.fc2")
+
+
 def _mobilenet_v2(width_mult: float) -> _Backbone:
-    return _Backbone("mobilenetv2", partial(mobilenet_v2, weights=None, width_mult=width_mult))
+    return _Backbone("mobilenetv2", partial(mobilenet_v2, weights=None, width_mult=width_mult),
+                     _MOBILENET_V2_STATIC)
+
+
+def _mobilenet_v3(build: Callable[..., nn.Module]) -> _Backbone:
+    return _Backbone("mobilenetv3", partial(build, weights=None), _MOBILENET_V3_STATIC)
 
 
 _BACKBONES = {
@@ -42,11 +64,13 @@ _BACKBONES = {
     "mobilenetv2_x0_75": _mobilenet_v2(0.75),
     "mobilenetv2_x0_5": _mobilenet_v2(0.5),
     "mobilenetv2_x0_35": _mobilenet_v2(0.35),
-    "mobilenetv3_small": _Backbone("mobilenetv3", partial(mobilenet_v3_small, weights=None)),
-    "mobilenetv3_large": _Backbone("mobilenetv3", partial(mobilenet_v3_large, weights=None)),
+    "mobilenetv3_small": _mobilenet_v3(mobilenet_v3_small),
+    "mobilenetv3_large": _mobilenet_v3(mobilenet_v3_large),
 }
 
 BACKBONES = tuple(_BACKBONES)
+# Each backbone's default ``keep_static`` patterns.
+KEEP_STATIC = {name: backbone.keep_static for name, backbone in _BACKBONES.items()}
 
 # "imagenet": torchvision's stem. "cifar": the usual stem for 32x32 inputs, which keeps the
 # full input resolution in the first stage (3x3 stride-1 first conv, no max-pool).
@@ -84,6 +108,8 @@ def build_classifier(
     dropout: Optional[float] = None,
     convert: str = "all_but_stem",
     exclude: Iterable[str] = (),
+    keep_static: Optional[Iterable[str]] = None,
+    init_weights: Optional[str] = None,
     **conv_options,
 ) -> nn.Module:
     """Build a classification backbone from ``BACKBONES`` with the given conv type.
@@ -97,6 +123,13 @@ def build_classifier(
             MobileNetV2/V3, none for ResNet); DyConv trains ResNet with 0.1, MobileNetV2 with 0.2.
         convert: which convs become ``conv_type``: "all_but_stem" (as DyConv), "all" or "none".
         exclude: fnmatch patterns on module names whose convs stay static.
+        keep_static: more such patterns, the backbone's part of the layout. None: the backbone's
+            default (``KEEP_STATIC``: MobileNetV2's last 1x1 conv, MobileNetV3's squeeze-excitation
+            convs, as DyConv); [] converts those too.
+        init_weights: a static model's weights (a torchvision state dict, or an a2d2c checkpoint
+            of a static run: its "model" entry), loaded into the static network before conversion;
+            the converted convs then start from them with the same function (``inflate=True``).
+            The classifier head is loaded when it has this model's number of classes.
         **conv_options: options of the conv type (num_kernels, reduction, temperature, ...).
     """
     backbone = _lookup(name)
@@ -117,5 +150,13 @@ def build_classifier(
         model = backbone.build(num_classes=num_classes, **defaults)
     if stem == "cifar":
         _apply_cifar_stem(model, backbone.family)
+    if init_weights is not None:
+        load_classifier_weights(model, init_weights, what="init weights", target=f"a static {name}",
+                                hint=f"use a static {name}'s state dict (torchvision's keys, stem={stem})",
+                                head="if_fits")
+    keep_static = backbone.keep_static if keep_static is None else keep_static
+    exclude = [exclude] if isinstance(exclude, str) else list(exclude)
+    keep_static = [keep_static] if isinstance(keep_static, str) else list(keep_static)
     # Convert last, so "all_but_stem" keeps the stem actually used (the CIFAR one if swapped).
-    return convert_convs(model, conv_type, convert=convert, exclude=exclude, **conv_options)
+    return convert_convs(model, conv_type, convert=convert, exclude=exclude + keep_static,
+                         inflate=init_weights is not None, **conv_options)

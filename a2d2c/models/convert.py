@@ -13,9 +13,10 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from a2d2c.layers import MixtureConv2d, check_conv_options, check_conv_type, create_conv2d
+from a2d2c.layers import (A2D2CPlusConv2d, MixtureConv2d, check_conv_options, check_conv_type,
+                          create_conv2d)
 
-__all__ = ["CONVERT_MODES", "convert_convs", "find_stem_conv", "init_conv_kernels"]
+__all__ = ["CONVERT_MODES", "convert_convs", "find_stem_conv", "inflate_conv", "init_conv_kernels"]
 
 # Which nn.Conv2d modules are replaced: every one but the first ("stem"), every one, or none.
 CONVERT_MODES = ("all_but_stem", "all", "none")
@@ -46,6 +47,31 @@ def init_conv_kernels(conv: nn.Module) -> None:
         nn.init.kaiming_normal_(kernel, mode="fan_out", nonlinearity="relu")
     if getattr(conv, "bias", None) is not None:
         nn.init.zeros_(conv.bias)
+
+
+@torch.no_grad()
+def inflate_conv(conv: nn.Module, static: nn.Conv2d) -> None:
+    """Set a converted conv's kernels so that it computes ``static``'s function exactly.
+
+    ``dynamic`` and ``a2d2c`` (and a depthwise ``a2d2c_plus``, built as ``a2d2c``): every one of
+    the K kernels (and biases) is the static kernel (bias). Their attention weights sum to 1 at
+    every sample / position, so Σ_k π_k W_k = W and the output is the static conv's, whatever
+    the attention says. The attention branch keeps its own initialisation.
+
+    ``a2d2c_plus``: W_0 (and its bias) is the static kernel and the shared up-projection U is
+    zero, so U Σ_k α_k (V_k ⋆ x) adds nothing at start. U = 0 rather than V_k = 0: with the
+    experts V_k kept random the attention sees informative evidence, and the gradient reaching
+    U (the upstream gradient times the mixed expert responses) is non-zero, so U leaves zero at
+    the first step and the experts then get gradients too (as LoRA starts its B at zero).
+    """
+    if conv.weight.dim() == 5:  # K x O x C/g x kh x kw
+        conv.weight.copy_(static.weight.unsqueeze(0).expand_as(conv.weight))
+    else:
+        conv.weight.copy_(static.weight)
+    if conv.bias is not None:
+        conv.bias.copy_(static.bias.expand_as(conv.bias))
+    if isinstance(conv, A2D2CPlusConv2d):
+        nn.init.zeros_(conv.up_weight)
 
 
 def _excluded(name: str, patterns: Sequence[str]) -> bool:
@@ -121,6 +147,7 @@ def convert_convs(
     *,
     convert: str = "all_but_stem",
     exclude: Iterable[str] = (),
+    inflate: bool = False,
     **conv_options,
 ) -> nn.Module:
     """Replace ``model``'s ``nn.Conv2d`` modules by ``conv_type`` convs, in place; return it.
@@ -133,9 +160,12 @@ def convert_convs(
             modules, stay ``nn.Conv2d`` (e.g. ``["layer4.*.downsample.*"]``).
         **conv_options: options of the conv type (num_kernels, reduction, temperature, ...),
             passed to ``create_conv2d``.
+        inflate: start each converted conv from the static conv it replaces, computing the same
+            function (see ``inflate_conv``), instead of redrawing its kernels.
 
-    New convs get torchvision's kernel initialisation (see ``init_conv_kernels``) and the
-    original conv's device, dtype and train/eval mode.
+    New convs get torchvision's kernel initialisation (see ``init_conv_kernels``), or the
+    static conv's kernels with ``inflate``, and the original conv's device, dtype and
+    train/eval mode.
     """
     check_conv_type(conv_type)
     # Checked up front, so that a misspelt option fails even where no conv gets converted.
@@ -152,8 +182,11 @@ def convert_convs(
         if (convert == "all_but_stem" and name == stem) or _excluded(name, exclude):
             continue
         new_conv = create_conv2d(conv_type, **_conv_kwargs(name, conv), **conv_options)
-        init_conv_kernels(new_conv)
+        if not inflate:
+            init_conv_kernels(new_conv)
         new_conv.to(device=conv.weight.device, dtype=conv.weight.dtype)
+        if inflate:
+            inflate_conv(new_conv, conv)
         new_conv.train(conv.training)
         _set_submodule(model, name, new_conv)
     return model

@@ -28,7 +28,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP
 
 from a2d2c.models.backbones import build_classifier
 from a2d2c.models.convert import convert_convs
-from a2d2c.utils.errors import ConfigError
+from a2d2c.models.weights import load_classifier_weights
 
 __all__ = ["DETECTORS", "build_detector", "freeze_batch_norm", "load_backbone_weights"]
 
@@ -59,33 +59,14 @@ def freeze_batch_norm(module: nn.Module) -> nn.Module:
     return module
 
 
-def _is_classifier_head(key: str) -> bool:
-    return key.startswith(("fc.", "classifier."))  # ResNet's and MobileNet's final layers
-
-
 def load_backbone_weights(classifier: nn.Module, path) -> None:
     """Load a classification checkpoint (an a2d2c run's .pt, or a plain state_dict) into `classifier`.
 
     Every tensor but the classifier head's must be there with the same shape: same backbone,
     conv type and conv options, torchvision's stem.
     """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a missing, foreign or damaged file
-        raise ConfigError(f"cannot read backbone weights {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from e
-    weights = state["model"] if isinstance(state, dict) and "model" in state else state
-    own = classifier.state_dict()
-    weights = {k: v for k, v in weights.items() if not _is_classifier_head(k)}
-    # A checkpoint from before τ was model state has no `.temperature` buffers; the layers keep theirs.
-    problems = [f"missing {k}" for k in own
-                if k not in weights and not _is_classifier_head(k) and not k.endswith(".temperature")]
-    problems += [f"unexpected {k}" for k in weights if k not in own]
-    problems += [f"{k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}"
-                 for k, v in weights.items() if k in own and v.shape != own[k].shape]
-    if problems:
-        raise ConfigError(f"backbone weights {path} do not fit this backbone and conv type ({len(problems)} problems, "
-                          f"first: {problems[0]}); use a checkpoint of the same backbone, conv type and stem=imagenet")
-    classifier.load_state_dict(weights, strict=False)
+    load_classifier_weights(classifier, path, what="backbone weights", target="this backbone and conv type",
+                            hint="use a checkpoint of the same backbone, conv type and stem=imagenet")
 
 
 def _resnet_stages(model: ResNet):
@@ -139,6 +120,8 @@ def build_detector(
     detector_options: Optional[dict] = None,
     convert: str = "all_but_stem",
     exclude: Sequence[str] = (),
+    keep_static: Optional[Sequence[str]] = None,
+    init_weights: Optional[str] = None,
     **conv_options,
 ) -> nn.Module:
     """A torchvision detector over `backbone` (one of ``BACKBONES``) with `conv_type` convs.
@@ -159,7 +142,10 @@ def build_detector(
         fpn_channels: FPN width (torchvision: 256).
         detector_options: more keyword arguments of torchvision's FasterRCNN / RetinaNet
             (e.g. box_batch_size_per_image, rpn_post_nms_top_n_train, detections_per_img).
-        convert, exclude, **conv_options: as for ``build_classifier``, for the backbone.
+        convert, exclude, keep_static, init_weights, **conv_options: as for ``build_classifier``,
+            for the backbone. ``init_weights`` (a static model's weights) counts as pretrained
+            for the defaults of ``trainable_layers`` and ``frozen_bn``; it excludes
+            ``backbone_weights``.
     """
     if name not in DETECTORS:
         raise ValueError(f"unknown detector {name!r}; valid: {', '.join(DETECTORS)}")
@@ -169,9 +155,13 @@ def build_detector(
     if len(anchor_sizes) != 5:
         raise ValueError(f"anchor_sizes needs one size per FPN level (5), got {list(anchor_sizes)}")
 
-    classifier = build_classifier(backbone, conv_type, stem="imagenet", convert=convert, exclude=exclude, **conv_options)
-    pretrained = backbone_weights is not None
-    if pretrained:
+    if backbone_weights is not None and init_weights is not None:
+        raise ValueError("give backbone_weights (a checkpoint of this conv type) or init_weights "
+                         "(a static model's weights), not both")
+    classifier = build_classifier(backbone, conv_type, stem="imagenet", convert=convert, exclude=exclude,
+                                  keep_static=keep_static, init_weights=init_weights, **conv_options)
+    pretrained = backbone_weights is not None or init_weights is not None
+    if backbone_weights is not None:
         load_backbone_weights(classifier, backbone_weights)
     body, stages, levels = _resnet_stages(classifier) if isinstance(classifier, ResNet) else _mobilenet_stages(classifier)
     if trainable_layers is None:
