@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from a2d2c.engine import Trainer
+from a2d2c.engine.evaluation import evaluate_checkpoint
 from a2d2c.utils import checkpoint as ckpt
 from a2d2c.utils.errors import ConfigError
 from train_utils import QUIET, TINY, compose_config
@@ -114,3 +115,16 @@ def test_a_newer_checkpoint_format_is_one_line(one_epoch, tmp_path):
     newer = _rewrite(one_epoch / "last.pt", tmp_path / "new.pt", lambda state: state.update(format=3))
     with pytest.raises(ckpt.CheckpointFormatError, match=r"has format 3, newer than this a2d2c reads \(up to 2\)"):
         ckpt.load_checkpoint(newer)
+
+
+def test_a_checkpoint_from_before_keep_static_evaluates_as_it_was_built(tmp_path):
+    # Before backbones kept convs static by default, DY-MobileNetV2 converted features.18 too.
+    run = tmp_path / "run"
+    Trainer(compose_config(*TINY, *QUIET, "conv=dynamic", "trainer.epochs=1", "backbone.keep_static=[]"), run).fit()
+
+    def as_saved_before(state):
+        for key in ("config", "config_unresolved"):
+            del state[key]["backbone"]["keep_static"], state[key]["task"]["model"]["keep_static"]
+    old = _rewrite(run / "checkpoints" / "last.pt", tmp_path / "old.pt", as_saved_before)
+    results = evaluate_checkpoint(old)
+    assert results["metrics"]["top1"] == results["recorded"]["top1"]

@@ -25,10 +25,14 @@ def evaluate_checkpoint(path, ema: bool = False, device: str = "auto", batch_siz
     """
     path = Path(path)
     state = ckpt.load_checkpoint(path, require=ckpt.EVAL_KEYS)
-    overrides = {key: value for key, value in (dataset_overrides or {}).items() if value is not None}
+    saved = state.get("config_unresolved", state["config"])
+    overrides = {"dataset": {key: value for key, value in (dataset_overrides or {}).items() if value is not None}}
+    if "keep_static" not in saved.get("backbone", {}):
+        # Saved before backbones kept some convs static by default (MobileNetV2's features.18, MobileNetV3's
+        # SE convs): that model converted every conv its layout named, which keep_static=[] rebuilds.
+        overrides.update(backbone={"keep_static": []}, task={"model": {"keep_static": []}})
     # Checked before anything in it is instantiated: a checkpoint never decides which code runs.
-    cfg = load_saved_config(state.get("config_unresolved", state["config"]), path,
-                            {"dataset": overrides} if overrides else None)
+    cfg = load_saved_config(saved, path, overrides)
 
     task = instantiate(cfg.task)
     model = task.build_model()

@@ -25,6 +25,16 @@ FIXED = ("backbone", "conv", "detector", "dataset", "task", "seed")
 EPOCH_REPLAY = ("per_device_batch", "accum_steps", "world_size")
 
 
+class _Unset:
+    """A key one of the two configs does not have (a checkpoint from before the key existed)."""
+
+    def __repr__(self):
+        return "<unset>"
+
+
+UNSET = _Unset()
+
+
 def _under(key: str, prefixes) -> bool:
     return any(key == p or key.startswith(p + ".") for p in prefixes)
 
@@ -42,9 +52,8 @@ def _leaves(node, prefix: str = "") -> dict:
 def config_changes(saved: dict, current: dict) -> dict:
     """{key: (checkpoint's value, this run's value)} for every leaf that differs, ignored keys left out."""
     old, new = _leaves(saved), _leaves(current)
-    missing = object()
-    return {key: (old.get(key), new.get(key)) for key in sorted(old.keys() | new.keys())
-            if old.get(key, missing) != new.get(key, missing) and not _under(key, IGNORED)}
+    return {key: (old.get(key, UNSET), new.get(key, UNSET)) for key in sorted(old.keys() | new.keys())
+            if old.get(key, UNSET) != new.get(key, UNSET) and not _under(key, IGNORED)}
 
 
 def _listed(changes: dict) -> str:
