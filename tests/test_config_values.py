@@ -44,7 +44,12 @@ GROUP_OPTIONS = sorted(f"{group.name}={option.stem}" for group in CONFIG_DIR.ite
     (["trainer.ema.decay=0"], "trainer.ema.decay=0 is not valid"),
     (["trainer.temperature.start=0"], "trainer.temperature.start=0 is not valid: expected a finite number > 0"),
     (["trainer.temperature.end=inf"], "trainer.temperature.end=inf is not valid"),
-    (["trainer.temperature.epochs=-1"], "trainer.temperature.epochs=-1 is not valid: expected a finite number >= 0"),
+    (["trainer.temperature.epochs=-1"], "trainer.temperature.epochs=-1 is not valid: expected null or a finite number >= 0"),
+    (["trainer.temperature.fraction=1.5"], "trainer.temperature.fraction=1.5 is not valid: expected null or a number in [0, 1]"),
+    (["trainer.temperature.from_weights=1"], "trainer.temperature.from_weights=1 is not valid: expected true or false"),
+    # The annealing's length: exactly one of epochs and fraction.
+    (["trainer.temperature.epochs=10"], "trainer.temperature has epochs=10 and fraction=0.5: set exactly one"),
+    (["trainer.temperature.fraction=null"], "trainer.temperature has epochs=null and fraction=null: set exactly one"),
     (["trainer.temperature.start=null"], "trainer.temperature.start=null is not valid"),
     (["trainer.lr_scaling.rule=cubic"], "trainer.lr_scaling.rule='cubic' is not valid: expected one of none, linear, sqrt"),
     (["trainer.lr_scaling.base_batch_size=0"], "trainer.lr_scaling.base_batch_size=0 is not valid"),
@@ -81,7 +86,8 @@ def test_a_bad_training_value_is_one_config_error_naming_it(overrides, message):
 
 
 @pytest.mark.parametrize("overrides", [
-    ["trainer.temperature=null"], ["trainer.lr_scaling=null"], ["trainer.temperature.epochs=0.5"],
+    ["trainer.temperature=null"], ["trainer.lr_scaling=null"], ["trainer.temperature.epochs=0.5", "trainer.temperature.fraction=null"],
+    ["trainer.temperature.fraction=1"], ["trainer.temperature.fraction=0"], ["trainer.temperature.from_weights=false"],
     ["trainer.clip_grad_norm=1"], ["trainer.amp=bf16"], ["trainer.amp=fp16"], ["trainer.per_device_batch_size=8"],
     ["trainer.checkpoint_every_steps=null"], ["trainer.resume=auto"], ["trainer.resume_allow=[trainer.epochs,optimizer.lr]"], ["trainer.monitor=top5"],
     ["optimizer.lr=1"], ["optimizer=sgd", "optimizer.momentum=0"], ["trainer.ema.enabled=true"],

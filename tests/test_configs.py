@@ -68,7 +68,8 @@ def test_dyconv_presets_encode_the_published_recipe(experiment):
     if recipe["scheduler"] == "CosineLRScheduler":
         assert cfg.scheduler.t_initial == recipe["epochs"]  # cosine over the whole run
     assert cfg.task.label_smoothing == 0 and cfg.task.mixup_alpha == 0  # plain cross-entropy
-    assert dict(cfg.trainer.temperature) == {"start": 30.0, "end": 1.0, "epochs": 10}
+    assert dict(cfg.trainer.temperature) == {"start": 30.0, "end": 1.0, "epochs": 10, "fraction": None,
+                                             "from_weights": True}
     if conv == "dynamic":
         assert cfg.conv.options.num_kernels == 4 and cfg.conv.options.reduction == 4
 

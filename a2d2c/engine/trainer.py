@@ -27,7 +27,8 @@ from a2d2c.data.class_map import apply_class_map, check_num_classes, dataset_cla
 from a2d2c.engine.divergence import DivergenceGuard
 from a2d2c.engine.preemption import Preempted, PreemptionNotice
 from a2d2c.engine.run_state import capture_run_state, resume_run
-from a2d2c.layers import annealed_temperature, set_temperature
+from a2d2c.engine.temperature_schedule import plan_temperature
+from a2d2c.layers import set_temperature
 from a2d2c.utils import checkpoint as ckpt
 from a2d2c.utils import distributed
 from a2d2c.utils.batch_scaling import batch_scaling
@@ -88,9 +89,8 @@ class Trainer:
         # timm schedulers in epoch units, stepped every update with the fractional epoch.
         self.scheduler = instantiate(cfg.scheduler)(optimizer=self.optimizer)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype is torch.float16 else None
-        # τ annealing needs dynamic layers; a static model has none and gets no τ at all.
-        anneal = tcfg.temperature
-        self.anneal = anneal if anneal is not None and set_temperature(self.model, anneal.start) > 0 else None
+        # τ (engine/temperature_schedule.py): annealed, or kept from dynamic starting weights; a static model has none.
+        self.anneal, self.tau = plan_temperature(cfg, self.model, self.ema.module if self.ema is not None else None)
         self._build_loaders()
 
         # Evaluation bypasses DDP (each rank scores its own shard); training goes through it.
@@ -109,7 +109,6 @@ class Trainer:
         self.resume_history = []  # each resume of this run and the config changes it applied
         self.last_checkpoint = None  # the newest checkpoint this run wrote or resumed from
         self.preemption = PreemptionNotice()  # records SIGTERM/SIGUSR1 while fit() runs
-        self.tau = None
         self.best = None
         self.wall_time_s = 0.0
         self.tracker_id = None
@@ -288,7 +287,7 @@ class Trainer:
         if anneal is not None:
             # In epochs, like the LR: a resume with another batch size (so another number of updates
             # per epoch) continues the same curve.
-            self._set_temperature(annealed_temperature(epoch, anneal.epochs, anneal.start, anneal.end))
+            self._set_temperature(anneal.at(epoch))
 
     def _set_temperature(self, tau: float):
         # The EMA copy is a separate module: its τ buffer is set too (its update would only average equal values).

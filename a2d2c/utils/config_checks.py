@@ -93,10 +93,14 @@ TRAIN_RULES = (
     Rule("trainer.ema.enabled", boolean, "true or false"),
     Rule("trainer.ema.decay", number(0, 1, low_open=True), "a number in (0, 1), e.g. 0.9998"),
     Rule("trainer.ema.use_warmup", boolean, "true or false"),
-    Rule("trainer.temperature", or_null(node), "null (no annealing) or a node with start, end and epochs"),
+    Rule("trainer.temperature", or_null(node), "null (no annealing) or a node with start, end and epochs or fraction"),
     Rule("trainer.temperature.start", number(0, low_open=True), "a finite number > 0"),
     Rule("trainer.temperature.end", number(0, low_open=True), "a finite number > 0"),
-    Rule("trainer.temperature.epochs", number(0), "a finite number >= 0 (fractions allowed)"),
+    # The length: exactly one of epochs and fraction (check_train_config), the other null.
+    Rule("trainer.temperature.epochs", or_null(number(0)), "null or a finite number >= 0 (fractions allowed)"),
+    Rule("trainer.temperature.fraction", or_null(number(0, 1, high_open=False)),
+         "null or a number in [0, 1] (of trainer.epochs)"),
+    Rule("trainer.temperature.from_weights", boolean, "true or false", optional=True),
     Rule("trainer.monitor", or_null(text), "null (the task's metric) or a metric name, e.g. top1"),
     Rule("trainer.resume", or_null(text), "null, auto or the path of a checkpoint"),
     # A bare string would be read letter by letter as a list of keys.
@@ -172,6 +176,11 @@ def check_train_config(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.epochs={epochs} trains nothing; use a count >= 1 "
                           f"(to score a checkpoint, run eval.py checkpoint=<path>)")
     _apply(cfg, TRAIN_RULES, lambda key: WHERE[key.split(".")[0]])
+    tau = _lookup(cfg, "trainer.temperature")
+    if isinstance(tau, DictConfig) and (tau.epochs is None) == (tau.fraction is None):
+        raise ConfigError(f"trainer.temperature has epochs={_shown(tau.epochs)} and fraction={_shown(tau.fraction)}: "
+                          f"set exactly one (an epoch count, or a fraction of trainer.epochs), the other null "
+                          f"({WHERE['trainer']})")
 
 
 def check_eval_config(cfg: DictConfig) -> None:
