@@ -6,7 +6,8 @@
 
 Counted with a2d2c.utils.complexity.count_complexity (batch 1, torch.utils.flop_counter, the
 papers' convention) on meta tensors, so the whole table takes seconds. Where the DyConv paper
-(Chen et al., CVPR 2020, Table 1/2) has a row, its static and DY numbers stand beside ours.
+(Chen et al., CVPR 2020, Table 1/2) has a row, its static and DY numbers stand beside ours; the
+last column is A2D2C+'s cost against static (its promise: at most 2x params, 1.5x MAdds).
 """
 from __future__ import annotations
 
@@ -51,16 +52,19 @@ def table(setting: str, backbones=BACKBONES) -> str:
     cfg = SETTINGS[setting]
     c, h, w = cfg["input_size"]
     paper = setting == "imagenet"
-    head = ["backbone"] + [f"{t} params / MAdds" for t in CONV_TYPES]
+    head = ["backbone"] + [f"{t} params / MAdds" for t in CONV_TYPES] + ["a2d2c_plus / static"]
     if paper:
         head += ["DyConv paper static", "DyConv paper DY"]
     lines = [f"#### {h}x{w}, {setting} stem, {cfg['num_classes']} classes", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for backbone in backbones:
-        row = [backbone]
+        row, counts = [backbone], {}
         for conv_type in CONV_TYPES:
-            r = measure(backbone, conv_type, cfg["stem"], cfg["num_classes"], cfg["input_size"])
+            r = counts[conv_type] = measure(backbone, conv_type, cfg["stem"], cfg["num_classes"],
+                                            cfg["input_size"])
             row.append(f"{human(r['params'])} / {human(r['macs'])}")
+        plus, static = counts["a2d2c_plus"], counts["static"]
+        row.append(f"{plus['params'] / static['params']:.2f}× / {plus['macs'] / static['macs']:.2f}×")
         if paper:
             ref = DYCONV_PAPER.get(backbone)
             row += [f"{human(p)} / {human(m)}" for p, m in ref] if ref else ["", ""]

@@ -48,9 +48,14 @@ def ref_local_attention(m, x, responses):
     """responses: list of K tensors B x O x H' x W' -> alpha B x K x H' x W'."""
     evidence = torch.cat([torch.stack([r.mean(1) for r in responses], 1),
                           torch.stack([r.amax(1) for r in responses], 1)], 1)
-    conv = m.local_attention.conv
-    pad = conv.kernel_size[0] // 2
-    logits = ref_conv(evidence, conv.weight, conv.bias, (1, 1), (pad, pad), (1, 1), 1)
+    conv, spatial = m.local_attention.conv, m.local_attention.spatial
+    if spatial is None:  # one ka x ka conv, 2K -> K
+        pad = conv.kernel_size[0] // 2
+        logits = ref_conv(evidence, conv.weight, conv.bias, (1, 1), (pad, pad), (1, 1), 1)
+    else:  # separable: 1x1 2K -> K, then ka x ka on each logit map
+        pad = spatial.kernel_size[0] // 2
+        logits = ref_conv(evidence, conv.weight, conv.bias, (1, 1), (0, 0), (1, 1), 1)
+        logits = ref_conv(logits, spatial.weight, None, (1, 1), (pad, pad), (1, 1), m.num_kernels)
     if m.kernel_attention is not None:
         g = ref_global_logits(x, m.kernel_attention.fc1, m.kernel_attention.fc2)
         logits = logits + g[:, :, None, None]
@@ -89,12 +94,36 @@ def ref_low_rank_kernel(up, down_k, groups):
     return torch.cat(blocks)
 
 
+def ref_centre_tap_experts(m, x):
+    """Depthwise A2D2C+: S_k[c](p) = v_k[c] * (the input the kernel's centre tap reads at p)."""
+    kh, kw = m.kernel_size
+    cols, (ho, wo) = unfold_patches(x, (kh, kw), m.stride, m.padding, m.dilation, m.groups)
+    centre = cols[:, :, ((kh - 1) // 2) * kw + (kw - 1) // 2, :]  # B x C x L
+    return [(m.down_weight[k, :, 0, 0, 0].view(1, -1, 1) * centre).view(x.shape[0], -1, ho, wo)
+            for k in range(m.num_kernels)]
+
+
+def ref_centre_tap_kernel(low_rank, kernel_size):
+    """An O x 1 x 1 x 1 kernel placed at the centre tap of a zero kh x kw kernel."""
+    kh, kw = kernel_size
+    full = torch.zeros(low_rank.shape[0], 1, kh, kw, dtype=low_rank.dtype)
+    full[:, :, (kh - 1) // 2, (kw - 1) // 2] = low_rank[:, :, 0, 0]
+    return full
+
+
 def ref_a2d2c_plus(m, x):
     args = (m.stride, m.padding, m.dilation, m.groups)
-    experts = [ref_conv(x, m.down_weight[k], None, *args) for k in range(m.num_kernels)]
+    depthwise = m.groups == m.in_channels > 1
+    if depthwise:
+        experts = ref_centre_tap_experts(m, x)
+    else:
+        experts = [ref_conv(x, m.down_weight[k], None, *args) for k in range(m.num_kernels)]
     alpha = ref_local_attention(m, x, experts)
-    kernels = torch.stack([m.weight + ref_low_rank_kernel(m.up_weight, m.down_weight[k], m.groups)
-                           for k in range(m.num_kernels)])
+    deltas = [ref_low_rank_kernel(m.up_weight, m.down_weight[k], m.groups)
+              for k in range(m.num_kernels)]
+    if depthwise:
+        deltas = [ref_centre_tap_kernel(d, m.kernel_size) for d in deltas]
+    kernels = torch.stack([m.weight + d for d in deltas])
     out = ref_per_position_conv(x, kernels, alpha, *args)
     if m.bias is not None:
         out = out + m.bias.view(1, -1, 1, 1)
@@ -102,8 +131,7 @@ def ref_a2d2c_plus(m, x):
 
 
 def reference(m, x):
-    """The naive reference for whichever layer ``create_conv2d`` built (a depthwise
-    a2d2c_plus is an a2d2c layer)."""
+    """The naive reference for whichever layer ``create_conv2d`` built."""
     if hasattr(m, "down_weight"):
         return ref_a2d2c_plus(m, x)
     if hasattr(m, "local_attention"):

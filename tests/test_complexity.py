@@ -9,7 +9,7 @@ from torch import nn
 
 from a2d2c.layers import DynamicConv2d, create_conv2d
 from a2d2c.layers.dynamic_conv import PATHS
-from a2d2c.models import build_classifier
+from a2d2c.models import BACKBONES, build_classifier
 from a2d2c.utils.complexity import count_complexity
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,11 +47,38 @@ def test_a2d2c_counts_k_responses_and_the_local_attention():
     assert c["macs"] == responses + local + cin * hidden + hidden * k
 
 
-def test_a2d2c_plus_costs_about_one_third_more_than_static():
-    static = count_complexity(on_meta("resnet18", "static"))
-    plus = count_complexity(on_meta("resnet18", "a2d2c_plus"))
-    assert 1.1 < plus["macs"] / static["macs"] < 1.4
-    assert 1.1 < plus["params"] / static["params"] < 1.4
+@pytest.mark.parametrize("groups", [1, 16], ids=["dense", "depthwise"])
+def test_a2d2c_plus_counts_by_hand(groups):
+    k, cin, cout, hidden, positions = 4, 16, 32 if groups == 1 else 16, 4, 10 * 10
+    conv = create_conv2d("a2d2c_plus", cin, cout, 3, stride=2, groups=groups, num_kernels=k)
+    c = count_complexity(conv, (cin, 20, 20))
+    static = cout * cin // groups * 9 * positions
+    if groups == 1:
+        rank = 2  # min(O, C kh kw) // 16
+        experts = k * rank * cin * 9 * positions  # V_k: C -> r, 3x3
+    else:
+        rank = cin  # depthwise: 1x1 experts, one per channel
+        experts = k * cin * positions
+    up = cout * rank // groups * positions
+    local = (2 * k * k + k * 9) * positions  # separable head: 1x1 2K -> K, 3x3 per logit map
+    global_ = cin * hidden + hidden * k  # reduction 16, at least 4 hidden units
+    assert conv.rank == rank
+    assert c["macs"] == static + experts + up + local + global_
+
+
+@pytest.mark.parametrize("stem,size", [("imagenet", 224), ("cifar", 32)])
+@pytest.mark.parametrize("name", BACKBONES)
+def test_a2d2c_plus_keeps_its_cost_promise_on_every_backbone(name, stem, size):
+    # DESIGN: at most 1.5x static MAdds and 2x static parameters, MobileNets included
+    def count(conv_type):
+        with torch.device("meta"):
+            model = build_classifier(name, conv_type, num_classes=1000 if stem == "imagenet" else 100,
+                                     stem=stem)
+        return count_complexity(model, (3, size, size))
+
+    static, plus = count("static"), count("a2d2c_plus")
+    assert plus["macs"] / static["macs"] <= 1.5
+    assert plus["params"] / static["params"] <= 2.0
 
 
 @pytest.mark.parametrize("name,static_macs", [("resnet18", 1.814e9), ("mobilenetv2_x1_0", 300.8e6)])

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from a2d2c.layers import CONV_TYPES, create_conv2d, set_temperature
-from reference_convs import ref_low_rank_kernel, reference
+from reference_convs import ref_centre_tap_kernel, ref_low_rank_kernel, reference
 
 DYNAMIC_TYPES = [t for t in CONV_TYPES if t != "static"]
 GROUPINGS = {"dense": (4, 6, 1), "grouped": (4, 6, 2), "depthwise": (6, 6, 6)}
@@ -84,8 +84,10 @@ def test_single_kernel_is_a_static_conv(conv_type, grouping):
     m = build(conv_type, grouping, stride=2, num_kernels=1).double()
     x = torch.randn(2, m.in_channels, 8, 8, dtype=torch.float64)
     if hasattr(m, "down_weight"):
-        kernel = m.weight + ref_low_rank_kernel(m.up_weight, m.down_weight[0], m.groups)
-        bias = m.bias
+        delta = ref_low_rank_kernel(m.up_weight, m.down_weight[0], m.groups)
+        if grouping == "depthwise":
+            delta = ref_centre_tap_kernel(delta, m.kernel_size)
+        kernel, bias = m.weight + delta, m.bias
     else:
         kernel, bias = m.weight[0], m.bias[0]
     expected = F.conv2d(x, kernel, bias, m.stride, m.padding, m.dilation, m.groups)
@@ -204,10 +206,33 @@ def test_options_have_documented_defaults():
     assert a.local_attention.conv.kernel_size == (3, 3) and a.kernel_attention is not None
     assert create_conv2d("a2d2c", 16, 32, 3, global_context=False).kernel_attention is None
     p = create_conv2d("a2d2c_plus", 128, 128, 3)
-    assert p.rank == 8  # 128 // 16
+    assert p.rank == 8  # min(O, C kh kw) // 16
+    assert p.kernel_attention.fc1.out_features == 8  # reduction 16
+    assert p.local_attention.spatial.kernel_size == (3, 3)
     assert create_conv2d("a2d2c_plus", 128, 128, 3, rank_divisor=8).rank == 16
-    assert create_conv2d("a2d2c_plus", 32, 32, 3).rank == 4  # at least 4
+    assert create_conv2d("a2d2c_plus", 8, 8, 3).rank == 1  # at least min_rank = 1
 
+
+@pytest.mark.parametrize("cin,cout,kernel_size,groups,rank", [
+    (32, 192, 1, 1, 2),      # 1x1 expansion: bounded by C, not O (U costs O r)
+    (192, 32, 1, 1, 2),      # 1x1 projection: bounded by O
+    (64, 256, 3, 1, 16),     # 3x3: C kh kw > O, so O // 16
+    (16, 24, 1, 1, 1),       # min_rank
+    (64, 64, 3, 4, 4),       # a multiple of groups
+    (96, 96, 3, 96, 96),     # depthwise: one rank per channel (1x1 experts)
+])
+def test_rank_rule(cin, cout, kernel_size, groups, rank):
+    assert create_conv2d("a2d2c_plus", cin, cout, kernel_size, groups=groups).rank == rank
+
+
+@pytest.mark.parametrize("cin,cout,kernel_size", [(32, 192, 1), (192, 32, 1), (64, 256, 3),
+                                                   (256, 64, 3), (24, 144, 1)])
+def test_rank_rule_bounds_the_cost_of_v_and_u(cin, cout, kernel_size):
+    # per output position, against the static conv: V (K experts) <= K / 16, U <= 1 / 16
+    m = create_conv2d("a2d2c_plus", cin, cout, kernel_size)
+    static = cout * cin * kernel_size ** 2
+    assert m.down_weight.numel() <= m.num_kernels * static / 16
+    assert m.up_weight.numel() <= static / 16
 
 def test_padding_none_is_same_style():
     m = create_conv2d("a2d2c", 4, 4, 5, dilation=2)
@@ -216,9 +241,26 @@ def test_padding_none_is_same_style():
     assert create_conv2d("static", 4, 4, 3).padding == (1, 1)
 
 
-def test_depthwise_a2d2c_plus_uses_the_a2d2c_formulation():
-    m = create_conv2d("a2d2c_plus", 8, 8, 3, groups=8, rank_divisor=4)
-    assert type(m).__name__ == "A2D2CConv2d"
+def test_depthwise_a2d2c_plus_has_one_by_one_experts():
+    m = create_conv2d("a2d2c_plus", 8, 8, 3, groups=8)
+    assert type(m).__name__ == "A2D2CPlusConv2d" and m.depthwise
+    assert m.down_weight.shape == (4, 8, 1, 1, 1) and m.up_weight.shape == (8, 1, 1, 1)
+    # the candidate kernels differ from W_0 only at the centre tap
+    delta = (m.expert_kernels() - m.weight).detach()
+    assert delta[..., 1, 1].abs().min() > 0
+    delta[..., 1, 1] = 0
+    assert delta.abs().max() == 0
+
+
+@pytest.mark.parametrize("kernel_size,stride,dilation,padding", [
+    (3, 2, 1, 0), (3, 1, 2, 3), (2, 1, 1, 0), (4, 2, 1, 1), (5, 2, 2, None), ((3, 5), 1, 1, (1, 0))])
+def test_depthwise_a2d2c_plus_centre_tap_any_geometry(kernel_size, stride, dilation, padding):
+    # the 1x1 experts read the input the kernel's centre tap reads, whatever the padding
+    m = create_conv2d("a2d2c_plus", 6, 6, kernel_size, stride=stride, dilation=dilation,
+                      padding=padding, groups=6, bias=True).double()
+    x = torch.randn(2, 6, 11, 10, dtype=torch.float64)
+    with torch.no_grad():
+        assert rel_err(m(x), reference(m, x)) < 1e-10
 
 
 def test_set_temperature_reaches_every_dynamic_layer():

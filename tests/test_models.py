@@ -256,11 +256,7 @@ def test_all_but_stem_keeps_hyper_parameters(name, conv_type):
     assert bool(kept) == name.startswith("mobilenet")
     for conv_name in [n for n in names[1:] if n not in kept]:
         old, new = static.get_submodule(conv_name), model.get_submodule(conv_name)
-        depthwise = old.groups > 1 and old.groups == old.in_channels == old.out_channels
-        expected = CONV_CLASSES[conv_type]
-        if conv_type == "a2d2c_plus" and depthwise:
-            expected = A2D2CConv2d  # A2D2C+ is built as A2D2C for depthwise convs
-        assert type(new) is expected, conv_name
+        assert type(new) is CONV_CLASSES[conv_type], conv_name
         for attr in HYPER_PARAMETERS:
             assert getattr(new, attr) == getattr(old, attr), (conv_name, attr)
         assert (new.bias is None) == (old.bias is None), conv_name
@@ -382,3 +378,18 @@ def test_cifar_stem_and_biases_init():
     model = build_classifier("mobilenetv3_small", "dynamic", keep_static=[])
     biased = [m for m in model.modules() if isinstance(m, DynamicConv2d) and m.bias is not None]
     assert biased and all(torch.count_nonzero(m.bias) == 0 for m in biased)
+
+
+def test_an_earlier_a2d2c_plus_checkpoint_is_named_as_such():
+    from a2d2c.utils.checkpoint import load_weights
+    from a2d2c.utils.errors import ConfigError
+    model = build_classifier("resnet10", "a2d2c_plus", num_classes=10, stem="cifar")
+    # the earlier form's head: one 3x3 conv 2K -> K and no per-logit-map conv
+    old = {k: (torch.zeros(4, 8, 3, 3) if k.endswith("local_attention.conv.weight") else v)
+           for k, v in model.state_dict().items() if not k.endswith("local_attention.spatial.weight")}
+    with pytest.raises(ConfigError, match=r"earlier formulation .*commit b477592") as e:
+        load_weights(model, old, "old.pt")
+    assert "\n" not in str(e.value)
+    other = build_classifier("resnet10", "a2d2c_plus", num_classes=7, stem="cifar").state_dict()
+    with pytest.raises(ConfigError, match="another backbone, conv type or class count"):
+        load_weights(model, other, "other.pt")

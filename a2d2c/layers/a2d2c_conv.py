@@ -25,8 +25,9 @@ class LocalAttentionMixin:
     """alpha = softmax_k((local(responses) + global(x)) / tau), shared by A2D2C and A2D2C+."""
 
     def _build_attention(self, in_channels: int, num_kernels: int, reduction: int,
-                         attn_kernel_size: int, global_context: bool) -> None:
-        self.local_attention = LocalKernelAttention(num_kernels, attn_kernel_size)
+                         attn_kernel_size: int, global_context: bool,
+                         separable: bool = False) -> None:
+        self.local_attention = LocalKernelAttention(num_kernels, attn_kernel_size, separable)
         self.kernel_attention = (KernelAttention(in_channels, num_kernels, reduction)
                                  if global_context else None)
 

@@ -3,12 +3,20 @@ static kernel:
 
     y = W_0 * x + b + U( sum_k alpha_k . (V_k * x) )
 
-V_k: C -> r (kh x kw), U: r -> O (1x1, shared by the experts), r = max(O // rank_divisor,
-min_rank) rounded up to a multiple of groups. The evidence for alpha comes from the V_k
-responses. Since sum_k alpha_k = 1, this is A2D2C over the candidate kernels W_0 + U V_k
-(``expert_kernels()``), at about (1 + K r / O) times the cost of the static conv instead of K.
-Depthwise layers use A2D2C instead (``create_conv2d`` does that): there r would not be smaller
-than O.
+V_k: C -> r (kh x kw), U: r -> O (1x1, shared by the experts). The evidence for alpha (the
+channel-mean and channel-max of each expert response V_k * x) goes through a separable head
+(1x1 then ka x ka per logit map), and the global logits through DyConv's branch with reduction
+16. Since sum_k alpha_k = 1, the mixing is A2D2C's over the candidate kernels W_0 + U V_k
+(``expert_kernels()``); the attention is A2D2C+'s own, computed from the V_k responses.
+
+Cost, per output position, against the static conv's O (C/g) kh kw:
+- the rank rule ``r = max(min(O, C kh kw) // rank_divisor, min_rank)``, rounded up to a multiple
+  of groups, keeps V at K r / O <= K / rank_divisor and U at r / (C kh kw) <= 1 / rank_divisor of
+  it: a 1x1 expansion layer (O = 6C) would otherwise pay O^2 / 16 for U alone;
+- depthwise layers (one input channel per group) cannot lower the rank below the channel
+  count, so there the experts are 1x1: V_k scales each channel at the kernel's centre tap, the
+  candidate kernels are W_0 + (u . v_k) at the centre tap, and V costs K / (kh kw) of the conv
+  instead of K times.
 """
 from __future__ import annotations
 
@@ -24,8 +32,13 @@ from .functional import conv_responses, mix_responses
 from .mixture_conv import IntOrPair, MixtureConv2d, init_like_conv2d_
 
 
-def expert_rank(out_channels: int, groups: int, rank_divisor: int, min_rank: int) -> int:
-    rank = max(out_channels // rank_divisor, min_rank)
+def expert_rank(in_channels: int, out_channels: int, kernel_size: tuple, groups: int,
+                rank_divisor: int, min_rank: int) -> int:
+    """r = max(min(O, C kh kw) // rank_divisor, min_rank), rounded up to a multiple of groups."""
+    if rank_divisor < 1 or min_rank < 1:
+        raise ValueError(f"rank_divisor and min_rank must be >= 1, got {rank_divisor} and {min_rank}")
+    fan_in = in_channels * kernel_size[0] * kernel_size[1]
+    rank = max(min(out_channels, fan_in) // rank_divisor, min_rank)
     return math.ceil(rank / groups) * groups
 
 
@@ -33,20 +46,24 @@ class A2D2CPlusConv2d(LocalAttentionMixin, MixtureConv2d):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrPair,
                  stride: IntOrPair = 1, padding: Optional[IntOrPair] = None,
                  dilation: IntOrPair = 1, groups: int = 1, bias: bool = False,
-                 num_kernels: int = 4, reduction: int = 4, temperature: float = 1.0,
+                 num_kernels: int = 4, reduction: int = 16, temperature: float = 1.0,
                  attn_kernel_size: int = 3, global_context: bool = True,
-                 rank_divisor: int = 16, min_rank: int = 4):
+                 rank_divisor: int = 16, min_rank: int = 1):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
                          groups, num_kernels, temperature)
         kh, kw = self.kernel_size
-        self.rank = expert_rank(out_channels, groups, rank_divisor, min_rank)
+        # One input channel per group: the experts are 1x1, at the kernel's centre tap.
+        self.depthwise = in_channels == groups > 1
+        vh, vw = (1, 1) if self.depthwise else (kh, kw)
+        self.rank = expert_rank(in_channels, out_channels, self.kernel_size, groups,
+                                rank_divisor, min_rank)
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels // groups, kh, kw))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
         self.down_weight = nn.Parameter(torch.empty(num_kernels, self.rank,
-                                                    in_channels // groups, kh, kw))
+                                                    in_channels // groups, vh, vw))
         self.up_weight = nn.Parameter(torch.empty(out_channels, self.rank // groups, 1, 1))
         self._build_attention(in_channels, num_kernels, reduction, attn_kernel_size,
-                              global_context)
+                              global_context, separable=True)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -54,8 +71,21 @@ class A2D2CPlusConv2d(LocalAttentionMixin, MixtureConv2d):
         init_like_conv2d_(self.down_weight)
         init_like_conv2d_(self.up_weight)
 
+    def _centre_tap_input(self, x: torch.Tensor) -> torch.Tensor:
+        """x cropped (or zero-padded) so that a 1x1 conv at this stride reads, at every output
+        position, the input the kernel's centre tap ((kh-1)//2, (kw-1)//2) reads."""
+        pads = []
+        for k, d, p in zip(reversed(self.kernel_size), reversed(self.dilation),
+                           reversed(self.padding)):
+            tap = (k - 1) // 2
+            pads += [p - tap * d, p - (k - 1 - tap) * d]
+        return F.pad(x, pads) if any(pads) else x
+
     def expert_responses(self, x: torch.Tensor) -> torch.Tensor:
         """S_k = V_k * x: B x K x r x H' x W'."""
+        if self.depthwise:
+            return conv_responses(self._centre_tap_input(x), self.down_weight, self.stride,
+                                  0, 1, self.groups)
         return conv_responses(x, self.down_weight, *self.conv_args())
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
@@ -68,7 +98,12 @@ class A2D2CPlusConv2d(LocalAttentionMixin, MixtureConv2d):
         up = self.up_weight.reshape(g, self.out_channels // g, self.rank // g)
         down = self.down_weight.reshape(k, g, self.rank // g, -1)
         low_rank = torch.einsum("gor,kgrx->kgox", up, down)
-        return self.weight.unsqueeze(0) + low_rank.reshape(k, *self.weight.shape)
+        if not self.depthwise:
+            return self.weight.unsqueeze(0) + low_rank.reshape(k, *self.weight.shape)
+        kh, kw = self.kernel_size
+        centre = torch.zeros(k, *self.weight.shape, dtype=low_rank.dtype, device=low_rank.device)
+        centre[..., (kh - 1) // 2, (kw - 1) // 2] = low_rank.reshape(k, *self.weight.shape[:2])
+        return self.weight.unsqueeze(0) + centre
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         experts = self.expert_responses(x)

@@ -61,7 +61,6 @@ def create_conv2d(conv_type: str, in_channels: int, out_channels: int, kernel_si
 
     ``padding=None`` is ``(k - 1) // 2 * dilation``. ``options`` are the type's own knobs
     (``conv_options(conv_type)`` lists them); an unknown one is an error, not ignored.
-    A depthwise a2d2c_plus conv is built as a2d2c, whose options are a subset.
     """
     check_conv_type(conv_type)
     check_conv_options(conv_type, options)
@@ -74,7 +73,4 @@ def create_conv2d(conv_type: str, in_channels: int, out_channels: int, kernel_si
     args = (in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
     if conv_type == "static":
         return nn.Conv2d(*args)
-    if conv_type == "a2d2c_plus" and groups > 1 and groups == in_channels == out_channels:
-        keep = conv_options("a2d2c")
-        return A2D2CConv2d(*args, **{k: v for k, v in options.items() if k in keep})
     return _CONV_CLASSES[conv_type](*args, **options)

@@ -49,14 +49,27 @@ def response_evidence_eager(responses: torch.Tensor) -> torch.Tensor:
 
 
 class LocalKernelAttention(nn.Module):
-    """Per-position logits: a ka x ka conv over the 2K evidence maps (mean, max of each R_k)."""
+    """Per-position logits from the 2K evidence maps (mean, max of each R_k).
 
-    def __init__(self, num_kernels: int, kernel_size: int = 3):
+    ``separable=False`` (A2D2C): one ka x ka conv, 2K -> K: 2 K^2 ka^2 MAdds per position.
+    ``separable=True`` (A2D2C+): a 1x1 conv 2K -> K, then a ka x ka conv on each of the K logit
+    maps (``conv``, then ``spatial``): 2 K^2 + K ka^2 MAdds, 68 instead of 288 at K = 4, ka = 3.
+    At a 112 x 112 map of a narrow MobileNet the full form alone costs about twice the layer.
+    """
+
+    def __init__(self, num_kernels: int, kernel_size: int = 3, separable: bool = False):
         super().__init__()
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"attn_kernel_size must be a positive odd number, got {kernel_size}")
-        self.conv = nn.Conv2d(2 * num_kernels, num_kernels, kernel_size, padding=kernel_size // 2)
+        k, pad = num_kernels, kernel_size // 2
+        if separable:
+            self.conv = nn.Conv2d(2 * k, k, 1)
+            self.spatial = nn.Conv2d(k, k, kernel_size, padding=pad, groups=k, bias=False)
+        else:
+            self.conv = nn.Conv2d(2 * k, k, kernel_size, padding=pad)
+            self.spatial = None
 
     def forward(self, responses: torch.Tensor) -> torch.Tensor:
         """responses: B x K x O x H x W -> logits B x K x H x W."""
-        return self.conv(response_evidence(responses))
+        logits = self.conv(response_evidence(responses))
+        return logits if self.spatial is None else self.spatial(logits)

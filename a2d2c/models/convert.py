@@ -53,13 +53,14 @@ def init_conv_kernels(conv: nn.Module) -> None:
 def inflate_conv(conv: nn.Module, static: nn.Conv2d) -> None:
     """Set a converted conv's kernels so that it computes ``static``'s function exactly.
 
-    ``dynamic`` and ``a2d2c`` (and a depthwise ``a2d2c_plus``, built as ``a2d2c``): every one of
+    ``dynamic`` and ``a2d2c``: every one of
     the K kernels (and biases) is the static kernel (bias). Their attention weights sum to 1 at
     every sample / position, so Σ_k π_k W_k = W and the output is the static conv's, whatever
     the attention says. The attention branch keeps its own initialisation.
 
     ``a2d2c_plus``: W_0 (and its bias) is the static kernel and the shared up-projection U is
-    zero, so U Σ_k α_k (V_k ⋆ x) adds nothing at start. U = 0 rather than V_k = 0: with the
+    zero, so U Σ_k α_k (V_k ⋆ x) adds nothing at start (its depthwise form too: there U scales
+    each channel). U = 0 rather than V_k = 0: with the
     experts V_k kept random the attention sees informative evidence, and the gradient reaching
     U (the upstream gradient times the mixed expert responses) is non-zero, so U leaves zero at
     the first step and the experts then get gradients too (as LoRA starts its B at zero).

@@ -283,5 +283,18 @@ def load_weights(model: torch.nn.Module, state_dict: dict, path):
     except RuntimeError as e:
         # PyTorch lists every mismatched tensor over many lines; the first ones say enough.
         details = " ".join(line.strip() for line in str(e).splitlines()[1:3])
-        raise ConfigError(f"checkpoint {path} does not fit this model ({details}); was it trained with another "
-                          f"backbone, conv type or class count?") from e
+        raise ConfigError(f"checkpoint {path} does not fit this model ({details}); "
+                          f"{_mismatch_hint(model, state_dict)}") from e
+
+
+def _mismatch_hint(model: torch.nn.Module, state_dict: dict) -> str:
+    # A2D2C+ layers got a cost-bounded form (separable attention head, rank bounded by C kh kw,
+    # 1x1 experts on depthwise convs); the head's second conv is what an older one lacks.
+    def has_spatial_head(keys):
+        return any(k.endswith("local_attention.spatial.weight") for k in keys)
+
+    if has_spatial_head(model.state_dict()) and not has_spatial_head(state_dict):
+        return ("its a2d2c_plus layers are the earlier formulation (full attention head, rank "
+                "O // 16, depthwise convs as a2d2c), which this a2d2c does not build; evaluate it "
+                "with a2d2c at commit b477592")
+    return "was it trained with another backbone, conv type or class count?"
