@@ -78,6 +78,8 @@ GROUP_OPTIONS = sorted(f"{group.name}={option.stem}" for group in CONFIG_DIR.ite
     (["seed=abc"], "seed='abc' is not valid: expected a whole number >= 0 (configs/train.yaml)"),
     (["seed=-1"], "seed=-1 is not valid"),
     (["seed=true"], "seed=true is not valid"),
+    (["recipe.unverified=[trainer.epoch]"], "recipe.unverified lists 'trainer.epoch', which is no key of this config"),
+    (["recipe.unverified=trainer.epochs"], "recipe.unverified='trainer.epochs' must be a list of config keys"),
 ])
 def test_a_bad_training_value_is_one_config_error_naming_it(overrides, message):
     with pytest.raises(ConfigError) as caught:
@@ -144,3 +146,12 @@ def test_eval_py_without_a_checkpoint_says_how_to_give_one(tmp_path):
     assert_one_line_error(proc, EVAL_NEEDS_CHECKPOINT)
     assert proc.stderr.strip() == f"error: {EVAL_NEEDS_CHECKPOINT}"
     assert_only_hydra_wrote(tmp_path / "run", "eval")
+
+
+def test_a_recipe_with_unverified_values_says_so_in_one_line():
+    from a2d2c.utils.config_checks import unverified_recipe_line
+    assert unverified_recipe_line(compose_config("experiment=odconv_imagenet_mobilenetv2_x1_0")) is None
+    line = unverified_recipe_line(compose_config("experiment=dyconv_imagenet_mobilenetv2_x0_75"))
+    assert line.startswith("recipe: trainer.epochs=300, trainer.batch_size=256, optimizer.lr=0.05")
+    assert "backbone.dropout=0.1" in line and "task.mixup_alpha=0.2" in line and "\n" not in line
+    assert "not checked against the DyConv paper (Chen et al., CVPR 2020), Sec. 5" in line

@@ -66,11 +66,11 @@ def test_bad_input_ends_with_one_line(args, fragment, tmp_path):
 
 
 def test_slurm_dry_run_prints_one_submitting_sweep_per_table_part(tmp_path):
-    proc = run_script("scripts/reproduce.py", "--table", "dyconv_imagenet", "--slurm", "--nproc", "8", "--dry-run",
+    proc = run_script("scripts/reproduce.py", "--table", "a2d2c_imagenet", "--slurm", "--nproc", "8", "--dry-run",
                       "--out", tmp_path, "dataset.root=/data/imagenet", "hydra.launcher.partition=gpu")
     assert proc.returncode == 0, proc.stderr
     commands = proc.stdout.strip().splitlines()
-    assert len(commands) == len(TABLES["dyconv_imagenet"].sweeps) == 3
+    assert len(commands) == len(TABLES["a2d2c_imagenet"].sweeps) == 2
     for i, command in enumerate(commands):
         assert " -m " in command and "hydra/launcher=slurm_ddp" in command and "hydra.launcher.tasks_per_node=8" in command
         assert f"hydra.sweep.dir={tmp_path / f'sweep_{i}'}" in command and "dataset.root=/data/imagenet" in command

@@ -33,7 +33,7 @@ from a2d2c.utils import checkpoint as ckpt
 from a2d2c.utils import distributed
 from a2d2c.utils.batch_scaling import batch_scaling
 from a2d2c.utils.complexity import count_complexity
-from a2d2c.utils.config_checks import check_train_config
+from a2d2c.utils.config_checks import check_train_config, unverified_recipe_line
 from a2d2c.utils.errors import ConfigError
 from a2d2c.utils.meters import MetricLogger, SmoothedValue
 from a2d2c.utils.tracking import JsonlWriter
@@ -167,6 +167,9 @@ class Trainer:
         log.info("%s/%s on %s: %.2fM params, %.1fM MAdds; %d updates/epoch on %s (world size %d)",
                  self.cfg.backbone.name, self.cfg.conv.type, self.cfg.dataset.name, self.complexity["params"] / 1e6,
                  self.complexity["macs"] / 1e6, self.updates_per_epoch, self.device, self.dist.world_size)
+        unverified = unverified_recipe_line(self.cfg)
+        if unverified and self.dist.is_main:
+            log.warning(unverified)
         start = time.perf_counter()
         wall_before = self.wall_time_s
         metrics = self.last_metrics

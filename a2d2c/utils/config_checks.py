@@ -176,11 +176,40 @@ def check_train_config(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.epochs={epochs} trains nothing; use a count >= 1 "
                           f"(to score a checkpoint, run eval.py checkpoint=<path>)")
     _apply(cfg, TRAIN_RULES, lambda key: WHERE[key.split(".")[0]])
+    check_recipe(cfg)
     tau = _lookup(cfg, "trainer.temperature")
     if isinstance(tau, DictConfig) and (tau.epochs is None) == (tau.fraction is None):
         raise ConfigError(f"trainer.temperature has epochs={_shown(tau.epochs)} and fraction={_shown(tau.fraction)}: "
                           f"set exactly one (an epoch count, or a fraction of trainer.epochs), the other null "
                           f"({WHERE['trainer']})")
+
+
+def check_recipe(cfg: DictConfig) -> None:
+    """recipe.unverified names config keys; a misspelt one would hide the warning it is for."""
+    unverified = OmegaConf.select(cfg, "recipe.unverified", default=None)
+    if unverified is None:
+        return
+    if not isinstance(unverified, ListConfig):
+        raise ConfigError(f"recipe.unverified={_shown(unverified)} must be a list of config keys "
+                          f"(configs/experiment/ presets set it)")
+    for key in unverified:
+        if not isinstance(key, str) or OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
+            raise ConfigError(f"recipe.unverified lists {key!r}, which is no key of this config; "
+                              f"list the keys whose values the preset could not check (configs/experiment/)")
+
+
+_ABSENT = object()
+
+
+def unverified_recipe_line(cfg: DictConfig):
+    """The warning a run prints when its preset's values are recalled, not checked; None when none are."""
+    unverified = OmegaConf.select(cfg, "recipe.unverified", default=None)
+    if not unverified:
+        return None
+    values = ", ".join(f"{key}={_shown(OmegaConf.select(cfg, key))}" for key in unverified)
+    source = OmegaConf.select(cfg, "recipe.source", default=None) or "its source"
+    return (f"recipe: {values} are as recalled, not checked against {source}; "
+            f"verify them before quoting a comparison with the paper")
 
 
 def check_eval_config(cfg: DictConfig) -> None:

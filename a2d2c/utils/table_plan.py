@@ -107,6 +107,10 @@ def plan_row(table, overrides) -> dict:
     row["paper"] = paper
     row["relative"] = None if paper is None else {k: relative(row[k], paper.get(k)) for k in ("params", "macs")}
     row["notes"] = paper_notes(table, row) if paper is not None else []
+    source, unverified = cfg.get("recipe", {}).get("source"), list(cfg.get("recipe", {}).get("unverified") or [])
+    row["recipe"] = {"source": source, "unverified": unverified}
+    if unverified:
+        row["notes"].append(f"Recipe of {source}: {', '.join(unverified)} as recalled, not checked against it.")
     return row
 
 
