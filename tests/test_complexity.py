@@ -1,4 +1,6 @@
 """Params and MAdds in the papers' convention, against hand counts and the DyConv paper."""
+import functools
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -66,19 +68,37 @@ def test_a2d2c_plus_counts_by_hand(groups):
     assert c["macs"] == static + experts + up + local + global_
 
 
-@pytest.mark.parametrize("stem,size", [("imagenet", 224), ("cifar", 32)])
-@pytest.mark.parametrize("name", BACKBONES)
-def test_a2d2c_plus_keeps_its_cost_promise_on_every_backbone(name, stem, size):
-    # DESIGN: at most 1.5x static MAdds and 2x static parameters, MobileNets included
-    def count(conv_type):
-        with torch.device("meta"):
-            model = build_classifier(name, conv_type, num_classes=1000 if stem == "imagenet" else 100,
-                                     stem=stem)
-        return count_complexity(model, (3, size, size))
+@pytest.fixture(scope="module")
+def complexity_script():
+    """scripts/complexity.py as a module, each (backbone, conv, setting) counted once for the tests below."""
+    spec = importlib.util.spec_from_file_location("complexity_script", ROOT / "scripts" / "complexity.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.measure = functools.lru_cache(maxsize=None)(script.measure)
+    return script
 
-    static, plus = count("static"), count("a2d2c_plus")
+
+def count_setting(script, name, conv_type, setting):
+    cfg = script.SETTINGS[setting]
+    return script.measure(name, conv_type, cfg["stem"], cfg["num_classes"], cfg["input_size"])
+
+
+@pytest.mark.parametrize("setting", ["imagenet", "cifar"])
+@pytest.mark.parametrize("name", BACKBONES)
+def test_a2d2c_plus_keeps_its_cost_promise_on_every_backbone(complexity_script, name, setting):
+    # DESIGN: at most 1.5x static MAdds and 2x static parameters, MobileNets included
+    static = count_setting(complexity_script, name, "static", setting)
+    plus = count_setting(complexity_script, name, "a2d2c_plus", setting)
     assert plus["macs"] / static["macs"] <= 1.5
     assert plus["params"] / static["params"] <= 2.0
+
+
+def test_docs_and_readme_tables_are_the_scripts_output(complexity_script):
+    # docs/complexity.md and README's "Complexity" tables are regenerated from the code:
+    # python scripts/complexity.py --out docs/complexity.md, then paste into README.md
+    text = "\n".join(complexity_script.table(s) for s in complexity_script.SETTINGS)
+    assert (ROOT / "docs" / "complexity.md").read_text() == text
+    assert text in (ROOT / "README.md").read_text()
 
 
 @pytest.mark.parametrize("name,static_macs", [("resnet18", 1.814e9), ("mobilenetv2_x1_0", 300.8e6)])
@@ -119,11 +139,11 @@ def test_counting_keeps_the_training_mode():
 def test_complexity_script_prints_paper_numbers_beside_ours(tmp_path):
     out = tmp_path / "table.md"
     subprocess.run([sys.executable, str(ROOT / "scripts" / "complexity.py"), "--backbones",
-                    "resnet10", "--out", str(out)], check=True, capture_output=True, text=True)
+                    "resnet10", "--settings", "imagenet", "--out", str(out)], check=True, capture_output=True, text=True)
     text = out.read_text()
     assert "| resnet10 | 5.4M / 889.2M | 20.2M / 908.9M |" in text
     assert "5.2M / 890.0M | 18.6M / 910.0M |" in text  # the paper's row
-    assert "32x32, cifar stem" in text
+    assert "32x32, cifar stem" not in text  # --settings imagenet
 
 
 # DyConv paper (REFERENCES.md): DY-MobileNetV2 params and MAdds at 224x224, 1000 classes.
