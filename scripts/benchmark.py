@@ -20,6 +20,7 @@ matplotlib, ``bench.png`` under ``--out``.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -99,6 +100,25 @@ def environ(values: dict):
     return mock.patch.dict(os.environ, values)
 
 
+def saved_for_backward_bytes(module: nn.Module, inputs: torch.Tensor, autocast) -> int:
+    """Bytes of the tensors autograd keeps for backward in one training forward: unique storages,
+    the module's parameters and buffers excluded. Most of training's GPU memory, and the same on
+    every device, so a CPU measures it."""
+    own = {t.untyped_storage().data_ptr() for t in itertools.chain(module.parameters(), module.buffers())}
+    storages = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in own:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    module.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
+        module(inputs)
+    return sum(storages.values())
+
+
 def measure(module: nn.Module, inputs: torch.Tensor, mode: str, args, device,
             is_model: bool) -> dict:
     """Median step time, img/s and peak memory of a train step or an inference forward."""
@@ -130,7 +150,9 @@ def measure(module: nn.Module, inputs: torch.Tensor, mode: str, args, device,
     times = [timer(step) for _ in range(args.iters)]
     ms = statistics.median(times)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
-    return {"step_ms": ms, "img_per_s": inputs.shape[0] / ms * 1e3, "peak_mib": peak}
+    saved = (saved_for_backward_bytes(module, inputs, autocast) / inputs.shape[0] / 2**20
+             if mode == "train" else None)
+    return {"step_ms": ms, "img_per_s": inputs.shape[0] / ms * 1e3, "peak_mib": peak, "saved_mib_per_image": saved}
 
 
 def bench_models(args, device, variants):
@@ -187,6 +209,8 @@ def add_ratios(rows):
         r["speed_vs_static"] = r["img_per_s"] / base["img_per_s"] if base else None
         r["memory_vs_static"] = (r["peak_mib"] / base["peak_mib"]
                                  if base and r["peak_mib"] and base["peak_mib"] else None)
+        r["saved_vs_static"] = (r["saved_mib_per_image"] / base["saved_mib_per_image"]
+                                if base and r["saved_mib_per_image"] and base["saved_mib_per_image"] else None)
     return rows
 
 
@@ -209,13 +233,17 @@ def markdown(rows, env) -> str:
              "a2d2c_plus against their eager mixing (`(eager mix)`)."
              + ("" if env["fused_mix"] else " The fused mixing kernels do not run on this device: there, a2d2c "
                 "and its eager mix are the same computation."), "",
-             "| kind | name | conv | mode | step ms | img/s | × static | × old | peak MiB | mem × static |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "Saved: the tensors autograd keeps for backward per image in a training forward (MiB; "
+             "parameters excluded), on any device.", "",
+             "| kind | name | conv | mode | step ms | img/s | × static | × old | peak MiB | mem × static "
+             "| saved MiB/img | saved × static |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['kind']} | {r['name']} | {r['conv']} | {r['mode']} | "
                      f"{r['step_ms']:.2f} | {r['img_per_s']:.1f} | {fmt(r['speed_vs_static'], '.2f')} | "
                      f"{fmt(r['speed_vs_reference'], '.2f')} | "
-                     f"{fmt(r['peak_mib'], '.0f')} | {fmt(r['memory_vs_static'], '.2f')} |")
+                     f"{fmt(r['peak_mib'], '.0f')} | {fmt(r['memory_vs_static'], '.2f')} | "
+                     f"{fmt(r['saved_mib_per_image'], '.1f')} | {fmt(r['saved_vs_static'], '.2f')} |")
     return "\n".join(lines) + "\n"
 
 

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .functional import aggregate_kernels
+from .kernel_health import HEALTH
 from .per_sample_conv import per_sample_conv, per_sample_conv_backward
 
 
@@ -83,7 +84,11 @@ class _PerSampleConv(torch.autograd.Function):
         ctx.method = method
         ctx.save_for_backward(x, attn, weight)
         if method == "triton":  # groups = 1; the kernels are built tile by tile inside
-            return per_sample_conv(x, attn, weight, stride, padding, dilation)
+            try:
+                return per_sample_conv(x, attn, weight, stride, padding, dilation)
+            except Exception as error:  # noqa: BLE001 - a failing kernel falls back, it never stops the run
+                HEALTH.disable("per_sample_conv", x, error)
+                ctx.method = method = "grouped"
         conv = _METHODS[method][0]
         return conv(x, aggregate_kernels(attn, weight), stride, padding, dilation, groups)
 
@@ -94,8 +99,13 @@ class _PerSampleConv(torch.autograd.Function):
         needs = (need_x, need_attn or need_weight)
         if ctx.method == "triton":
             stride, padding, dilation, _ = ctx.conv
-            grad_x, grad_kernels = per_sample_conv_backward(grad_out, x, attn, weight, stride, padding, dilation, needs)
-        else:
+            try:
+                grad_x, grad_kernels = per_sample_conv_backward(grad_out, x, attn, weight, stride, padding,
+                                                                dilation, needs)
+            except Exception as error:  # noqa: BLE001 - a failing kernel falls back, it never stops the run
+                HEALTH.disable("per_sample_conv", x, error)
+                ctx.method = "grouped"
+        if ctx.method != "triton":
             backward = _METHODS[ctx.method][1]
             grad_x, grad_kernels = backward(grad_out, x, aggregate_kernels(attn, weight), *ctx.conv, needs)
         grad_attn = grad_weight = None
@@ -116,6 +126,16 @@ def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
     return None
 
 
+def _per_sample_inference(x, attn, weight, stride, padding, dilation) -> Optional[torch.Tensor]:
+    """The Triton forward without autograd, or None when it failed (kernel_health.py warned)."""
+    dtype = _autocast_dtype(x.device.type) or x.dtype
+    try:
+        return per_sample_conv(x.to(dtype), attn.to(dtype), weight.to(dtype), stride, padding, dilation)
+    except Exception as error:  # noqa: BLE001 - a failing kernel falls back, it never stops the run
+        HEALTH.disable("per_sample_conv", x, error)
+        return None
+
+
 def aggregated_conv(x: torch.Tensor, attn: torch.Tensor, weight: torch.Tensor,
                     bias: Optional[torch.Tensor], stride, padding, dilation, groups: int,
                     method: str = "grouped", save_kernels: bool = False) -> torch.Tensor:
@@ -128,14 +148,17 @@ def aggregated_conv(x: torch.Tensor, attn: torch.Tensor, weight: torch.Tensor,
     in an ordinary conv.
     """
     b = x.shape[0]
+    if method == "triton" and not HEALTH.usable("per_sample_conv", x):
+        method = "grouped"  # the check failed: the warning is out, the grouped conv computes the same
+    out = None
     if method == "triton" and b > 1 and not torch.is_grad_enabled():  # inference: no kernels in memory at all
-        dtype = _autocast_dtype(x.device.type) or x.dtype
-        out = per_sample_conv(x.to(dtype), attn.to(dtype), weight.to(dtype), stride, padding, dilation)
-    elif b == 1 or save_kernels or not torch.is_grad_enabled():
+        out = _per_sample_inference(x, attn, weight, stride, padding, dilation)
+        method = "triton" if out is not None else "grouped"
+    if out is None and (b == 1 or save_kernels or not torch.is_grad_enabled()):
         kernels = aggregate_kernels(attn, weight)
         out = (F.conv2d(x, kernels[0], None, stride, padding, dilation, groups) if b == 1
                else _METHODS[method][0](x, kernels, stride, padding, dilation, groups))
-    else:
+    elif out is None:
         # autograd.Function does not see autocast; cast the inputs as autocast would.
         dtype = _autocast_dtype(x.device.type)
         if dtype is not None:

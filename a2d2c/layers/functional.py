@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .fused_mix import fused_mix, fused_mix_applies
+from .kernel_health import HEALTH
 
 
 def to_2tuple(v) -> Tuple[int, int]:
@@ -66,10 +67,14 @@ def mix_responses(responses: torch.Tensor, attn: torch.Tensor,
     """sum_k attn_k (R_k + b_k).
 
     responses: B x K x O x H x W; attn: B x K (per sample) or B x K x H x W (per position).
-    On a GPU this runs the fused Triton kernels of ``fused_mix``; elsewhere the eager formula.
+    On a GPU this runs the fused Triton kernels of ``fused_mix`` once they pass their check
+    (kernel_health.py); elsewhere, or when they fail, the eager formula.
     """
-    if fused_mix_applies(responses, attn):
-        return fused_mix(responses, attn, bias)
+    if fused_mix_applies(responses, attn) and HEALTH.usable("fused_mix", responses):
+        try:
+            return fused_mix(responses, attn, bias)
+        except Exception as error:  # noqa: BLE001 - a failing kernel falls back, it never stops the run
+            HEALTH.disable("fused_mix", responses, error)
     return mix_responses_eager(responses, attn, bias)
 
 

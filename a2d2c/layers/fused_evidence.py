@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from .kernel_health import HEALTH, compare
 from .triton_support import (capturing_graph, fused_responses_enabled, response_blocks, response_layout, tl, triton,
                               triton_runs_on)
 
@@ -87,6 +88,14 @@ class _FusedEvidence(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_evidence):
+        try:
+            return _FusedEvidence.fused_backward(ctx, grad_evidence)
+        except Exception as error:  # noqa: BLE001 - a failing kernel falls back, it never stops the run
+            HEALTH.disable("fused_evidence", grad_evidence, error)
+            return _eager_backward(ctx, grad_evidence)
+
+    @staticmethod
+    def fused_backward(ctx, grad_evidence):
         (argmax,) = ctx.saved_tensors
         b, k, o, h, w = ctx.shape
         grad = torch.empty_strided(ctx.shape, ctx.stride, device=grad_evidence.device, dtype=grad_evidence.dtype)
@@ -97,6 +106,34 @@ class _FusedEvidence(torch.autograd.Function):
         return grad
 
 
+def _eager_backward(ctx, grad_evidence):
+    """The gradient of [mean_o R, max_o R] in tensor ops, from the argmax the forward kernel kept."""
+    (argmax,) = ctx.saved_tensors
+    b, k, o, h, w = ctx.shape
+    grad = (grad_evidence[:, :k] / o).unsqueeze(2).expand(b, k, o, h, w).reshape(b, k, o, h * w).clone()
+    grad.scatter_add_(2, argmax.long().unsqueeze(2), grad_evidence[:, k:].reshape(b, k, 1, h * w))
+    return grad.view(b, k, o, h, w)
+
+
 def fused_evidence(responses: torch.Tensor) -> torch.Tensor:
     """B x K x O x H x W -> B x 2K x H x W; same contract as ``kernel_attention.response_evidence``."""
     return _FusedEvidence.apply(responses)
+
+
+def check_fused_evidence(device: torch.device, dtype: torch.dtype) -> str:
+    """Both kernels on a small problem, against the eager mean and max."""
+    from .kernel_attention import response_evidence_eager
+    generator = torch.Generator().manual_seed(0)
+    # Distinct values along O, exact in every dtype: no ties, so the max's gradient has one place.
+    order = torch.rand(2, 3, 6, 4, 5, generator=generator).argsort(dim=2)
+    responses = ((order - 2.5) / 2).to(device, dtype).requires_grad_()
+    grad_e = torch.randn(2, 6, 4, 5, generator=generator).to(device, dtype)
+    evidence = fused_evidence(responses)  # the fused result first: its outputs cannot be the eager ones' memory
+    (grad,) = torch.autograd.grad(evidence, responses, grad_e)
+    reference = responses.detach().float().requires_grad_()
+    evidence_ref = response_evidence_eager(reference)
+    (grad_ref,) = torch.autograd.grad(evidence_ref, reference, grad_e.float())
+    return compare([("output", evidence, evidence_ref), ("gradient", grad, grad_ref)])
+
+
+HEALTH.register("fused_evidence", check_fused_evidence)

@@ -20,6 +20,7 @@ from typing import Optional
 
 import torch
 
+from .kernel_health import HEALTH, compare
 from .triton_support import (capturing_graph, fused_responses_enabled, response_blocks, response_layout, tl, triton,
                               triton_runs_on)
 
@@ -110,6 +111,14 @@ class _FusedMix(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y):
+        try:
+            return _FusedMix.fused_backward(ctx, grad_y)
+        except Exception as error:  # noqa: BLE001 - a failing kernel falls back, it never stops the run
+            HEALTH.disable("fused_mix", ctx.saved_tensors[0], error)
+            return _eager_backward(ctx, grad_y)
+
+    @staticmethod
+    def fused_backward(ctx, grad_y):
         responses, attn, bias = ctx.saved_tensors
         b, k, o, h, w = responses.shape
         write_dr = ctx.needs_input_grad[0]
@@ -133,6 +142,41 @@ class _FusedMix(torch.autograd.Function):
         return (grad_r if write_dr else None), grad_a.to(attn.dtype), grad_bias
 
 
+def _eager_backward(ctx, grad_y):
+    """The backward of the eager formula, for a backward kernel that failed."""
+    from .functional import mix_responses_eager
+    inputs = [None if t is None else t.detach().requires_grad_(need)
+              for t, need in zip(ctx.saved_tensors, ctx.needs_input_grad)]
+    with torch.enable_grad():
+        y = mix_responses_eager(*inputs)
+        wanted = [t for t in inputs if t is not None and t.requires_grad]
+        grads = iter(torch.autograd.grad(y, wanted, grad_y) if wanted else ())
+    return tuple(next(grads) if t is not None and t.requires_grad else None for t in inputs)
+
+
 def fused_mix(responses: torch.Tensor, attn: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """sum_k attn_k (R_k + b_k) in one pass; same contract as ``functional.mix_responses``."""
     return _FusedMix.apply(responses, attn, bias)
+
+
+def check_fused_mix(device: torch.device, dtype: torch.dtype) -> str:
+    """Both kernels on a small problem (per-position and per-sample attention, bias), against eager."""
+    from .functional import mix_responses_eager
+    generator = torch.Generator().manual_seed(0)
+    for attn_shape in ((2, 3, 4, 5), (2, 3)):
+        inputs = [torch.randn(shape, generator=generator).to(device, dtype).requires_grad_()
+                  for shape in ((2, 3, 6, 4, 5), attn_shape, (3, 6))]
+        grad_y = torch.randn(2, 6, 4, 5, generator=generator).to(device, dtype)
+        y = fused_mix(*inputs)  # the fused result first: its outputs cannot be the eager ones' memory
+        grads = torch.autograd.grad(y, inputs, grad_y)
+        reference = [t.detach().float().requires_grad_() for t in inputs]
+        y_ref = mix_responses_eager(*reference)
+        grads_ref = torch.autograd.grad(y_ref, reference, grad_y.float())
+        problem = compare([("output", y, y_ref)] + [(f"gradient {n}", g, r) for n, g, r in
+                                                    zip(("responses", "attention", "bias"), grads, grads_ref)])
+        if problem:
+            return problem
+    return ""
+
+
+HEALTH.register("fused_mix", check_fused_mix)

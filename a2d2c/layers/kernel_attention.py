@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .fused_evidence import fused_evidence, fused_evidence_applies
+from .kernel_health import HEALTH
 
 
 class KernelAttention(nn.Module):
@@ -36,10 +37,14 @@ class KernelAttention(nn.Module):
 def response_evidence(responses: torch.Tensor) -> torch.Tensor:
     """B x K x O x H x W -> B x 2K x H x W: [channel-mean of each R_k, channel-max of each R_k].
 
-    On a GPU, one Triton pass (fused_evidence.py); elsewhere the eager ops below.
+    On a GPU, one Triton pass (fused_evidence.py) once it passes its check (kernel_health.py);
+    elsewhere, or when it fails, the eager ops below.
     """
-    if fused_evidence_applies(responses):
-        return fused_evidence(responses)
+    if fused_evidence_applies(responses) and HEALTH.usable("fused_evidence", responses):
+        try:
+            return fused_evidence(responses)
+        except Exception as error:  # noqa: BLE001 - a failing kernel falls back, it never stops the run
+            HEALTH.disable("fused_evidence", responses, error)
     return response_evidence_eager(responses)
 
 

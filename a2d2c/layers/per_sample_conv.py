@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import torch
 
+from .kernel_health import HEALTH, compare
 from .triton_support import tl, triton, triton_runs_on
 
 
 def per_sample_conv_applies(x: torch.Tensor, groups: int) -> bool:
-    """Whether the Triton kernels can run this conv: dense, float, on CUDA (or the interpreter)."""
-    return groups == 1 and triton_runs_on(x)
+    """Whether the Triton kernels can run this conv: dense, float, on CUDA (or the interpreter), and
+    they passed their check for this device and dtype (kernel_health.py)."""
+    return groups == 1 and triton_runs_on(x) and HEALTH.usable("per_sample_conv", x)
 
 
 if triton is not None:
@@ -125,9 +127,10 @@ def _blocks(m: int, n: int):
     return block(m, 64), block(n, 64), 32
 
 
-def _precision() -> str:
-    # float32 inputs use TF32 on the tensor cores exactly when torch lets cuDNN convs do so
-    return "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"
+def _precision(dtype: torch.dtype) -> str:
+    # float32 inputs use TF32 on the tensor cores exactly when torch lets cuDNN convs do so; TF32
+    # means nothing for bf16 / fp16 inputs (under the interpreter it garbles them: values of 1e10)
+    return "tf32" if dtype == torch.float32 and torch.backends.cudnn.allow_tf32 else "ieee"
 
 
 def _output_size(x, weight, stride, padding, dilation):
@@ -150,7 +153,7 @@ def per_sample_conv(x, attn, weight, stride, padding, dilation) -> torch.Tensor:
     block_m, block_n, block_k = _blocks(ho * wo, o)
     grid = (triton.cdiv(ho * wo, block_m), triton.cdiv(o, block_n), b)
     _forward_kernel[grid](x, attn, weight, y, c, h, w, o, ho, wo, *x.stride(), *attn.stride(), *weight.stride(),
-                          *y.stride(), *stride, *padding, *dilation, KH=kh, KW=kw, NUM_K=k, PRECISION=_precision(),
+                          *y.stride(), *stride, *padding, *dilation, KH=kh, KW=kw, NUM_K=k, PRECISION=_precision(x.dtype),
                           BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
     return y
 
@@ -167,12 +170,41 @@ def per_sample_conv_backward(grad_y, x, attn, weight, stride, padding, dilation,
         grid = (triton.cdiv(h * w, block_m), triton.cdiv(c, block_n), b)
         _input_grad_kernel[grid](grad_y, attn, weight, grad_x, c, h, w, o, ho, wo, *grad_y.stride(), *attn.stride(),
                                  *weight.stride(), *grad_x.stride(), *stride, *padding, *dilation,
-                                 KH=kh, KW=kw, NUM_K=k, PRECISION=_precision(), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
+                                 KH=kh, KW=kw, NUM_K=k, PRECISION=_precision(x.dtype), BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
     if needs[1]:
         grad_kernels = torch.empty((b, o, c, kh, kw), device=x.device, dtype=x.dtype)
         block_m, block_n, block_k = _blocks(o, c * kh * kw)
         grid = (triton.cdiv(o, block_m), triton.cdiv(c * kh * kw, block_n), b)
         _kernel_grad_kernel[grid](grad_y, x, grad_kernels, c, h, w, o, ho, wo, *grad_y.stride(), *x.stride(),
-                                  *stride, *padding, *dilation, KH=kh, KW=kw, PRECISION=_precision(),
+                                  *stride, *padding, *dilation, KH=kh, KW=kw, PRECISION=_precision(x.dtype),
                                   BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
     return grad_x, grad_kernels
+
+
+def check_per_sample_conv(device: torch.device, dtype: torch.dtype) -> str:
+    """The three kernels on a small strided problem, against per-sample convs in float32."""
+    import torch.nn.functional as F
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 7, 6, generator=generator).to(device, dtype)
+    weight = torch.randn(2, 5, 3, 3, 3, generator=generator).to(device, dtype)
+    attn = torch.softmax(torch.randn(2, 2, generator=generator), 1).to(device, dtype)
+    grad_y = torch.randn(2, 5, 4, 3, generator=generator).to(device, dtype)
+    conv = ((2, 2), (1, 1), (1, 1))
+    y = per_sample_conv(x, attn, weight, *conv)  # the fused results first: not the eager ones' memory
+    grad_x, grad_kernels = per_sample_conv_backward(grad_y, x, attn, weight, *conv, (True, True))
+    kernels = torch.einsum("bk,kochw->bochw", attn.float(), weight.float())
+    xs = x.float().requires_grad_()
+    outs, grads_w = [], []
+    for b in range(2):
+        kernel = kernels[b].clone().requires_grad_()
+        out = F.conv2d(xs[b:b + 1], kernel, None, *conv)
+        (g,) = torch.autograd.grad(out, kernel, grad_y[b:b + 1].float(), retain_graph=True)
+        outs.append(out)
+        grads_w.append(g)
+    y_ref = torch.cat(outs)
+    (grad_x_ref,) = torch.autograd.grad(y_ref, xs, grad_y.float())
+    return compare([("output", y, y_ref), ("input gradient", grad_x, grad_x_ref),
+                    ("kernel gradient", grad_kernels, torch.stack(grads_w))])
+
+
+HEALTH.register("per_sample_conv", check_per_sample_conv)
