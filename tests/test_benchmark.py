@@ -70,3 +70,27 @@ def test_benchmark_and_the_layers_import_without_the_config_and_tracking_stack()
     )
     run = subprocess.run([sys.executable, "-c", guard], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
+
+
+def test_saved_bytes_count_each_storage_once_and_no_parameters():
+    import contextlib
+    import torch
+    saved = load_benchmark().saved_for_backward_bytes
+    conv = torch.nn.Conv2d(8, 8, 3, padding=1)
+    x = torch.randn(2, 8, 10, 10)
+    # conv saves its input (the weight is a parameter); relu's output is one more map
+    assert saved(conv, x, contextlib.nullcontext()) == x.numel() * 4
+    assert saved(torch.nn.Sequential(conv, torch.nn.ReLU()), x, contextlib.nullcontext()) == 2 * x.numel() * 4
+
+
+def test_depthwise_a2d2c_plus_keeps_one_map_for_backward_not_its_k_experts():
+    import contextlib
+    import torch
+    from a2d2c.layers import create_conv2d
+    saved = load_benchmark().saved_for_backward_bytes
+    x = torch.randn(2, 64, 14, 14)
+    static = saved(create_conv2d("static", 64, 64, 3, groups=64), x, contextlib.nullcontext())
+    plus = saved(create_conv2d("a2d2c_plus", 64, 64, 3, groups=64), x, contextlib.nullcontext())
+    # the input, x_c . (alpha^T v u)'s coefficient map and the K-channel attention maps: about 2.3x;
+    # keeping the K scaled inputs and their mix was 6.3x
+    assert plus <= 2.5 * static

@@ -60,8 +60,8 @@ def test_a2d2c_plus_counts_by_hand(groups):
         experts = k * rank * cin * 9 * positions  # V_k: C -> r, 3x3
     else:
         rank = cin  # depthwise: 1x1 experts, one per channel
-        experts = k * cin * positions
-    up = cout * rank // groups * positions
+        experts = k * cin * positions  # alpha^T (v u) per position; x_c times it is element-wise
+    up = cout * rank // groups * positions if groups == 1 else 0
     local = (2 * k * k + k * 9) * positions  # separable head: 1x1 2K -> K, 3x3 per logit map
     global_ = cin * hidden + hidden * k  # reduction 16, at least 4 hidden units
     assert conv.rank == rank

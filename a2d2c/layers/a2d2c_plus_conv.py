@@ -15,8 +15,8 @@ Cost, per output position, against the static conv's O (C/g) kh kw:
   it: a 1x1 expansion layer (O = 6C) would otherwise pay O^2 / 16 for U alone;
 - depthwise layers (one input channel per group) cannot lower the rank below the channel
   count, so there the experts are 1x1: V_k scales each channel at the kernel's centre tap, the
-  candidate kernels are W_0 + (u . v_k) at the centre tap, and V costs K / (kh kw) of the conv
-  instead of K times.
+  candidate kernels are W_0 + (u . v_k) at the centre tap, computed as x_c . (alpha^T (v u)):
+  K / (kh kw) of the conv's MAdds instead of K times, and one map kept for backward.
 """
 from __future__ import annotations
 
@@ -72,21 +72,25 @@ class A2D2CPlusConv2d(LocalAttentionMixin, MixtureConv2d):
         init_like_conv2d_(self.up_weight)
 
     def _centre_tap_input(self, x: torch.Tensor) -> torch.Tensor:
-        """x cropped (or zero-padded) so that a 1x1 conv at this stride reads, at every output
-        position, the input the kernel's centre tap ((kh-1)//2, (kw-1)//2) reads."""
+        """B x C x H' x W': at every output position, the input the kernel's centre tap
+        ((kh-1)//2, (kw-1)//2) reads (x cropped or zero-padded, then strided: a view where it can)."""
         pads = []
         for k, d, p in zip(reversed(self.kernel_size), reversed(self.dilation),
                            reversed(self.padding)):
             tap = (k - 1) // 2
             pads += [p - tap * d, p - (k - 1 - tap) * d]
-        return F.pad(x, pads) if any(pads) else x
+        x = F.pad(x, pads) if any(pads) else x
+        return x[:, :, ::self.stride[0], ::self.stride[1]]
 
     def expert_responses(self, x: torch.Tensor) -> torch.Tensor:
         """S_k = V_k * x: B x K x r x H' x W'."""
-        if self.depthwise:
-            return conv_responses(self._centre_tap_input(x), self.down_weight, self.stride,
-                                  0, 1, self.groups)
+        if self.depthwise:  # v_k scales each channel of the centre-tap input
+            return self._centre_tap_scales()[None, :, :, None, None] * self._centre_tap_input(x)[:, None]
         return conv_responses(x, self.down_weight, *self.conv_args())
+
+    def _centre_tap_scales(self) -> torch.Tensor:
+        """The depthwise experts v_k as a K x C matrix."""
+        return self.down_weight[:, :, 0, 0, 0]
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """alpha: B x K x H' x W'."""
@@ -107,6 +111,13 @@ class A2D2CPlusConv2d(LocalAttentionMixin, MixtureConv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         experts = self.expert_responses(x)
-        mixed = mix_responses(experts, self.attention_from_responses(x, experts))
+        alpha = self.attention_from_responses(x, experts)
         out = F.conv2d(x, self.weight, self.bias, *self.conv_args())
+        if self.depthwise:
+            # U sum_k alpha_k (v_k . x_c) = x_c . (alpha^T (v u)): the same value, but autograd keeps
+            # one C x H' x W' map per sample instead of the K scaled copies of the input and their mix
+            scales = self._centre_tap_scales() * self.up_weight.view(1, -1)
+            coef = torch.einsum("bkhw,kc->bchw", alpha.to(scales.dtype), scales)
+            return out + self._centre_tap_input(x).to(coef.dtype) * coef
+        mixed = mix_responses(experts, alpha)
         return out + F.conv2d(mixed, self.up_weight, None, 1, 0, 1, self.groups)

@@ -49,8 +49,12 @@ def response_evidence(responses: torch.Tensor) -> torch.Tensor:
 
 
 def response_evidence_eager(responses: torch.Tensor) -> torch.Tensor:
-    """``response_evidence`` in plain tensor ops: the reference, and what compile and export see."""
-    return torch.cat([responses.mean(2), responses.amax(2)], dim=1)
+    """``response_evidence`` in plain tensor ops: the reference, and what compile and export see.
+
+    ``max`` rather than ``amax``: its backward keeps the argmax, not the B x K x O x H x W
+    responses (as the fused kernel); the two differ only where a maximum is tied.
+    """
+    return torch.cat([responses.mean(2), responses.max(2).values], dim=1)
 
 
 class LocalKernelAttention(nn.Module):
