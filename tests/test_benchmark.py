@@ -94,3 +94,32 @@ def test_depthwise_a2d2c_plus_keeps_one_map_for_backward_not_its_k_experts():
     # the input, x_c . (alpha^T v u)'s coefficient map and the K-channel attention maps: about 2.3x;
     # keeping the K scaled inputs and their mix was 6.3x
     assert plus <= 2.5 * static
+
+
+def test_a2d2c_keeps_its_input_for_backward_not_its_k_responses():
+    import contextlib
+    import torch
+    from a2d2c.layers import create_conv2d
+    saved = load_benchmark().saved_for_backward_bytes
+    x = torch.randn(2, 32, 14, 14)
+    static = saved(create_conv2d("static", 32, 32, 3), x, contextlib.nullcontext())
+    # the input (kept by the conv anyway) and a few K-channel attention maps: 1.6x at 32 channels
+    assert saved(create_conv2d("a2d2c", 32, 32, 3), x, contextlib.nullcontext()) <= 2 * static
+    kept = saved(create_conv2d("a2d2c", 32, 32, 3, recompute_responses=False), x, contextlib.nullcontext())
+    assert kept >= 4 * static  # the K = 4 responses
+
+
+def test_recomputing_the_responses_changes_no_number():
+    import torch
+    from a2d2c.layers import create_conv2d
+    torch.manual_seed(0)
+    grads = []
+    for recompute in (True, False):
+        torch.manual_seed(0)
+        m = create_conv2d("a2d2c", 6, 8, 3, stride=2, bias=True, recompute_responses=recompute).double()
+        x = torch.randn(3, 6, 9, 8, dtype=torch.float64, requires_grad=True)
+        out = m(x)
+        out.backward(torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view_as(out))
+        grads.append([out.detach(), x.grad] + [p.grad for p in m.parameters()])
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)

@@ -124,3 +124,16 @@ def test_the_real_kernels_pass_their_checks(name, dtype):
 @pytest.mark.parametrize("name", KERNELS)
 def test_the_real_kernels_pass_their_checks_on_cuda(name, dtype):
     assert HEALTH.checks[name](torch.device("cuda"), dtype) == ""
+
+
+@needs_interpreter
+@pytest.mark.parametrize("context", ["no_grad", "inference_mode", "autocast"])
+def test_a_first_use_without_gradients_still_checks_the_kernels_properly(context, caplog):
+    # e.g. the first A2D2C forward of a process is an evaluation: the check must still pass
+    m = create_conv2d("a2d2c", 6, 8, 3)
+    scope = {"no_grad": torch.no_grad(), "inference_mode": torch.inference_mode(),
+             "autocast": torch.autocast("cpu", dtype=torch.bfloat16)}[context]
+    with caplog.at_level("WARNING"), scope:
+        m(torch.randn(2, 6, 7, 7))
+    assert not [r for r in caplog.records if "fused kernel" in r.getMessage()]
+    assert HEALTH.usable("fused_mix", torch.zeros(1)) and HEALTH.usable("fused_evidence", torch.zeros(1))

@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from .functional import conv_responses, mix_responses
+from .functional import conv_responses, mix_responses, recomputed_mix
 from .kernel_attention import KernelAttention, LocalKernelAttention
 from .mixture_conv import IntOrPair, MixtureConv2d, init_like_conv2d_
 
@@ -43,10 +43,13 @@ class A2D2CConv2d(LocalAttentionMixin, MixtureConv2d):
                  stride: IntOrPair = 1, padding: Optional[IntOrPair] = None,
                  dilation: IntOrPair = 1, groups: int = 1, bias: bool = False,
                  num_kernels: int = 4, reduction: int = 4, temperature: float = 1.0,
-                 attn_kernel_size: int = 3, global_context: bool = True):
+                 attn_kernel_size: int = 3, global_context: bool = True, recompute_responses: bool = True):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
                          groups, num_kernels, temperature)
         kh, kw = self.kernel_size
+        # Backward recomputes the K responses instead of keeping them (functional.recomputed_mix):
+        # about K times less activation memory for one more K-kernel conv per training step.
+        self.recompute_responses = recompute_responses
         self.weight = nn.Parameter(torch.empty(num_kernels, out_channels,
                                                in_channels // groups, kh, kw))
         self.bias = nn.Parameter(torch.empty(num_kernels, out_channels)) if bias else None
@@ -67,4 +70,7 @@ class A2D2CConv2d(LocalAttentionMixin, MixtureConv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         responses = self.responses(x)
-        return mix_responses(responses, self.attention_from_responses(x, responses), self.bias)
+        attn = self.attention_from_responses(x, responses)
+        if self.recompute_responses:
+            return recomputed_mix(responses, attn, self.bias, x, self.weight, *self.conv_args())
+        return mix_responses(responses, attn, self.bias)

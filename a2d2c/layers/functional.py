@@ -17,7 +17,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .fused_mix import fused_mix, fused_mix_applies
+from .fused_mix import eager_mix_backward, fused_mix, fused_mix_applies, fused_mix_backward
 from .kernel_health import HEALTH
 
 
@@ -92,3 +92,41 @@ def mix_responses_eager(responses: torch.Tensor, attn: torch.Tensor,
         else:
             out = out + torch.einsum("bkhw,ko->bohw", attn, bias.to(out.dtype))
     return out
+
+
+class _RecomputedMix(torch.autograd.Function):
+    """``mix_responses(R, attn, bias)`` for R = W * x, whose backward recomputes R from x and W
+    instead of keeping it: R is K output maps per sample, x (kept by the conv anyway) one.
+
+    R's gradient (attn . g) still flows back through the conv that made it; only the attention's
+    gradient, sum_o R g, needs R itself. It costs one more K-kernel conv per backward.
+    """
+
+    @staticmethod
+    def forward(ctx, responses, attn, bias, x, weight, conv_args):
+        ctx.conv_args = conv_args
+        ctx.autocast = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else None
+        ctx.save_for_backward(attn, bias, x, weight)
+        return mix_responses(responses, attn, bias)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        attn, bias, x, weight = ctx.saved_tensors
+        with torch.no_grad(), torch.autocast(x.device.type, dtype=ctx.autocast, enabled=ctx.autocast is not None):
+            responses = conv_responses(x, weight, *ctx.conv_args)
+        needs = ctx.needs_input_grad[:3]
+        if fused_mix_applies(responses, attn) and HEALTH.usable("fused_mix", responses):
+            grads = fused_mix_backward(responses, attn, bias, grad_y, needs)
+        else:
+            grads = eager_mix_backward(responses, attn, bias, grad_y, needs)
+        return (*grads, None, None, None)
+
+
+def recomputed_mix(responses: torch.Tensor, attn: torch.Tensor, bias: Optional[torch.Tensor], x: torch.Tensor,
+                   weight: torch.Tensor, stride, padding, dilation, groups: int) -> torch.Tensor:
+    """``mix_responses`` of ``responses = conv_responses(x, weight, ...)`` that keeps x, not the
+    responses, for backward (plain ``mix_responses`` where no gradient is needed or a graph is captured)."""
+    if not torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing() \
+            or torch.onnx.is_in_onnx_export():
+        return mix_responses(responses, attn, bias)
+    return _RecomputedMix.apply(responses, attn, bias, x, weight, (stride, padding, dilation, groups))

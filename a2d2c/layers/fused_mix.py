@@ -111,42 +111,48 @@ class _FusedMix(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y):
-        try:
-            return _FusedMix.fused_backward(ctx, grad_y)
-        except Exception as error:  # noqa: BLE001 - a failing kernel falls back, it never stops the run
-            HEALTH.disable("fused_mix", ctx.saved_tensors[0], error)
-            return _eager_backward(ctx, grad_y)
-
-    @staticmethod
-    def fused_backward(ctx, grad_y):
-        responses, attn, bias = ctx.saved_tensors
-        b, k, o, h, w = responses.shape
-        write_dr = ctx.needs_input_grad[0]
-        grad_r = torch.empty_like(responses) if write_dr else responses
-        grad_a = torch.empty((b, k, h * w), device=responses.device, dtype=torch.float32)
-        block_o, block_p = response_blocks(o, h * w)
-        grid = (triton.cdiv(h * w, block_p), b)
-        bias_arg = bias.contiguous() if bias is not None else responses
-        _mix_backward_kernel[grid](responses, attn, bias_arg, grad_y, grad_r, grad_a, o, h * w, w,
-                                   *responses.stride(), *_attention_strides(attn), *grad_y.stride(),
-                                   *grad_r.stride(), K=k, HAS_BIAS=bias is not None, WRITE_DR=write_dr,
-                                   BLOCK_O=block_o, BLOCK_P=block_p)
-        grad_a = grad_a.sum(2) if attn.dim() == 2 else grad_a.view(b, k, h, w)
-        grad_bias = None
-        if bias is not None and ctx.needs_input_grad[2]:
-            # sum over samples and positions of a[b, k, p] g[b, o, p]: one matrix product
-            a = attn.float() if attn.dim() == 2 else attn.float().flatten(2)
-            g = grad_y.float().sum((2, 3)) if attn.dim() == 2 else grad_y.float().flatten(2)
-            grad_bias = (torch.einsum("bk,bo->ko", a, g) if attn.dim() == 2
-                         else torch.einsum("bkp,bop->ko", a, g)).to(bias.dtype)
-        return (grad_r if write_dr else None), grad_a.to(attn.dtype), grad_bias
+        return fused_mix_backward(*ctx.saved_tensors, grad_y, ctx.needs_input_grad)
 
 
-def _eager_backward(ctx, grad_y):
-    """The backward of the eager formula, for a backward kernel that failed."""
+def _kernel_backward(responses, attn, bias, grad_y, needs):
+    """dR and da in one pass of the backward kernel; db as one matrix product."""
+    b, k, o, h, w = responses.shape
+    write_dr = needs[0]
+    grad_r = torch.empty_like(responses) if write_dr else responses
+    grad_a = torch.empty((b, k, h * w), device=responses.device, dtype=torch.float32)
+    block_o, block_p = response_blocks(o, h * w)
+    grid = (triton.cdiv(h * w, block_p), b)
+    bias_arg = bias.contiguous() if bias is not None else responses
+    _mix_backward_kernel[grid](responses, attn, bias_arg, grad_y, grad_r, grad_a, o, h * w, w,
+                               *responses.stride(), *_attention_strides(attn), *grad_y.stride(),
+                               *grad_r.stride(), K=k, HAS_BIAS=bias is not None, WRITE_DR=write_dr,
+                               BLOCK_O=block_o, BLOCK_P=block_p)
+    grad_a = grad_a.sum(2) if attn.dim() == 2 else grad_a.view(b, k, h, w)
+    grad_bias = None
+    if bias is not None and needs[2]:
+        # sum over samples and positions of a[b, k, p] g[b, o, p]: one matrix product
+        a = attn.float() if attn.dim() == 2 else attn.float().flatten(2)
+        g = grad_y.float().sum((2, 3)) if attn.dim() == 2 else grad_y.float().flatten(2)
+        grad_bias = (torch.einsum("bk,bo->ko", a, g) if attn.dim() == 2
+                     else torch.einsum("bkp,bop->ko", a, g)).to(bias.dtype)
+    return (grad_r if write_dr else None), grad_a.to(attn.dtype), grad_bias
+
+
+def fused_mix_backward(responses, attn, bias, grad_y, needs):
+    """Gradients of sum_k a_k (R_k + b_k) for (responses, attn, bias) (None where ``needs`` says
+    so) by the backward kernel; if it fails, the eager formula's (kernel_health.py)."""
+    try:
+        return _kernel_backward(responses, attn, bias, grad_y, needs)
+    except Exception as error:  # noqa: BLE001 - a failing kernel falls back, it never stops the run
+        HEALTH.disable("fused_mix", responses, error)
+        return eager_mix_backward(responses, attn, bias, grad_y, needs)
+
+
+def eager_mix_backward(responses, attn, bias, grad_y, needs):
+    """The backward of the eager formula (autograd through ``mix_responses_eager``)."""
     from .functional import mix_responses_eager
     inputs = [None if t is None else t.detach().requires_grad_(need)
-              for t, need in zip(ctx.saved_tensors, ctx.needs_input_grad)]
+              for t, need in zip((responses, attn, bias), needs)]
     with torch.enable_grad():
         y = mix_responses_eager(*inputs)
         wanted = [t for t in inputs if t is not None and t.requires_grad]

@@ -57,7 +57,11 @@ class KernelHealth:
         if key not in self.state:
             self.state[key] = None  # checking: a failure inside the check lands in self.failures
             try:
-                problem = self.checks[name](like.device, like.dtype)
+                # The first use may come inside no_grad, inference_mode, autocast or an autograd
+                # Function's forward: the check runs its own forward and backward regardless.
+                with torch.inference_mode(False), torch.enable_grad(), \
+                        torch.autocast(like.device.type, enabled=False):
+                    problem = self.checks[name](like.device, like.dtype)
             except Exception as error:  # noqa: BLE001 - any failure of the kernel means: do not use it
                 problem = f"failed: {type(error).__name__}: {_first_line(error)}"
             # A backward kernel that raised inside the check fell back to eager there, so its
