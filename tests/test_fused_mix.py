@@ -63,7 +63,8 @@ def test_only_the_gradients_that_are_needed_are_written():
 
 
 @needs_interpreter
-@pytest.mark.parametrize("conv_type,opts", [("a2d2c", {}), ("a2d2c_plus", {}), ("dynamic", {"path": "responses"})])
+@pytest.mark.parametrize("conv_type,opts", [("a2d2c", {}), ("a2d2c", {"recompute_responses": True}),
+                                            ("a2d2c_plus", {}), ("dynamic", {"path": "responses"})])
 @pytest.mark.parametrize("groups", [1, 2])
 def test_layers_take_the_fused_path_and_match_the_naive_reference(monkeypatch, conv_type, opts, groups):
     calls = []
@@ -100,3 +101,18 @@ def test_fused_mix_on_cuda_equals_the_eager_formula(dtype, per_position):
     attn = (torch.randn(b, k, h, w, device="cuda") if per_position else torch.randn(b, k, device="cuda")).softmax(1)
     check_against_eager(fused_mix_module.fused_mix, responses, attn, torch.randn(k, o, device="cuda"),
                         tol=1e-5 if dtype == torch.float32 else 1e-2)
+
+
+@needs_interpreter
+def test_recomputed_responses_give_the_same_gradients_on_the_fused_path():
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 9, 8)
+    grads = []
+    for recompute in (True, False):
+        torch.manual_seed(1)
+        m = create_conv2d("a2d2c", 4, 6, 3, bias=True, recompute_responses=recompute)
+        xx = x.clone().requires_grad_()
+        m(xx).square().sum().backward()
+        grads.append([xx.grad] + [p.grad for p in m.parameters()])
+    for a, b in zip(*grads):
+        assert rel_err(a, b) < 1e-5

@@ -44,7 +44,8 @@ def test_dynamic_paths_match_reference(path, grouping, stride, batch):
 
 
 @pytest.mark.parametrize("conv_type,opts", [(t, {}) for t in DYNAMIC_TYPES] +
-                         [("dynamic", {"path": "aggregate"}), ("dynamic", {"path": "unfold"})])
+                         [("dynamic", {"path": "aggregate"}), ("dynamic", {"path": "unfold"}),
+                          ("a2d2c", {"recompute_responses": True})])
 @pytest.mark.parametrize("grouping", GROUPINGS)
 def test_gradcheck(conv_type, opts, grouping):
     m = build(conv_type, grouping, num_kernels=2, **opts).double()

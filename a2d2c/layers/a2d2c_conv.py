@@ -43,12 +43,13 @@ class A2D2CConv2d(LocalAttentionMixin, MixtureConv2d):
                  stride: IntOrPair = 1, padding: Optional[IntOrPair] = None,
                  dilation: IntOrPair = 1, groups: int = 1, bias: bool = False,
                  num_kernels: int = 4, reduction: int = 4, temperature: float = 1.0,
-                 attn_kernel_size: int = 3, global_context: bool = True, recompute_responses: bool = True):
+                 attn_kernel_size: int = 3, global_context: bool = True, recompute_responses: bool = False):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
                          groups, num_kernels, temperature)
         kh, kw = self.kernel_size
         # Backward recomputes the K responses instead of keeping them (functional.recomputed_mix):
-        # about K times less activation memory for one more K-kernel conv per training step.
+        # about K times less activation memory for one more K-kernel conv per training step. Off by
+        # default, as timm's gradient checkpointing: +29% step time for memory few runs lack.
         self.recompute_responses = recompute_responses
         self.weight = nn.Parameter(torch.empty(num_kernels, out_channels,
                                                in_channels // groups, kh, kw))
