@@ -17,6 +17,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from .eager_formulas import mix_responses_eager
 from .fused_mix import eager_mix_backward, fused_mix, fused_mix_applies, fused_mix_backward
 from .kernel_health import HEALTH
 
@@ -77,21 +78,6 @@ def mix_responses(responses: torch.Tensor, attn: torch.Tensor,
             HEALTH.disable("fused_mix", responses, error)
     return mix_responses_eager(responses, attn, bias)
 
-
-def mix_responses_eager(responses: torch.Tensor, attn: torch.Tensor,
-                        bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``mix_responses`` in plain tensor ops: the reference, and what compile and export see."""
-    attn = attn.to(responses.dtype)
-    if attn.dim() == 2:
-        attn = attn[:, :, None, None]
-    out = (responses * attn.unsqueeze(2)).sum(1)
-    if bias is not None:
-        # sum_k a_k(p) b_k[o]: B x K x ... against K x O
-        if attn.shape[-1] == 1 and attn.shape[-2] == 1:
-            out = out + (attn[:, :, 0, 0] @ bias.to(out.dtype))[:, :, None, None]
-        else:
-            out = out + torch.einsum("bkhw,ko->bohw", attn, bias.to(out.dtype))
-    return out
 
 
 class _RecomputedMix(torch.autograd.Function):

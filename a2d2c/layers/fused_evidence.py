@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from .eager_formulas import response_evidence_eager
 from .kernel_health import HEALTH, compare
 from .triton_support import (capturing_graph, fused_responses_enabled, response_blocks, response_layout, tl, triton,
                               triton_runs_on)
@@ -122,7 +123,6 @@ def fused_evidence(responses: torch.Tensor) -> torch.Tensor:
 
 def check_fused_evidence(device: torch.device, dtype: torch.dtype) -> str:
     """Both kernels on a small problem, against the eager mean and max."""
-    from .kernel_attention import response_evidence_eager
     generator = torch.Generator().manual_seed(0)
     # Distinct values along O, exact in every dtype: no ties, so the max's gradient has one place.
     order = torch.rand(2, 3, 6, 4, 5, generator=generator).argsort(dim=2)

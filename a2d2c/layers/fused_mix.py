@@ -20,6 +20,7 @@ from typing import Optional
 
 import torch
 
+from .eager_formulas import mix_responses_eager
 from .kernel_health import HEALTH, compare
 from .triton_support import (capturing_graph, fused_responses_enabled, response_blocks, response_layout, tl, triton,
                               triton_runs_on)
@@ -150,7 +151,6 @@ def fused_mix_backward(responses, attn, bias, grad_y, needs):
 
 def eager_mix_backward(responses, attn, bias, grad_y, needs):
     """The backward of the eager formula (autograd through ``mix_responses_eager``)."""
-    from .functional import mix_responses_eager
     inputs = [None if t is None else t.detach().requires_grad_(need)
               for t, need in zip((responses, attn, bias), needs)]
     with torch.enable_grad():
@@ -167,7 +167,6 @@ def fused_mix(responses: torch.Tensor, attn: torch.Tensor, bias: Optional[torch.
 
 def check_fused_mix(device: torch.device, dtype: torch.dtype) -> str:
     """Both kernels on a small problem (per-position and per-sample attention, bias), against eager."""
-    from .functional import mix_responses_eager
     generator = torch.Generator().manual_seed(0)
     for attn_shape in ((2, 3, 4, 5), (2, 3)):
         inputs = [torch.randn(shape, generator=generator).to(device, dtype).requires_grad_()

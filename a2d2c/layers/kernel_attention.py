@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .eager_formulas import response_evidence_eager
 from .fused_evidence import fused_evidence, fused_evidence_applies
 from .kernel_health import HEALTH
 
@@ -47,14 +48,6 @@ def response_evidence(responses: torch.Tensor) -> torch.Tensor:
             HEALTH.disable("fused_evidence", responses, error)
     return response_evidence_eager(responses)
 
-
-def response_evidence_eager(responses: torch.Tensor) -> torch.Tensor:
-    """``response_evidence`` in plain tensor ops: the reference, and what compile and export see.
-
-    ``max`` rather than ``amax``: its backward keeps the argmax, not the B x K x O x H x W
-    responses (as the fused kernel); the two differ only where a maximum is tied.
-    """
-    return torch.cat([responses.mean(2), responses.max(2).values], dim=1)
 
 
 class LocalKernelAttention(nn.Module):
