@@ -8,8 +8,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from a2d2c.engine.evaluation import evaluate_checkpoint
-from a2d2c.utils.cli import check_override_keys, exit_on_config_error
-from a2d2c.utils.config_checks import check_eval_config
+from a2d2c.cli.overrides import check_override_keys, exit_on_config_error
+from a2d2c.config_checks import check_eval_config
 
 
 # The metrics the summary line shows, of those the task returned (classification: top-1/5 in %,

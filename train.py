@@ -8,16 +8,16 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from a2d2c.utils.cli import check_group_choices, check_override_keys, exit_on_config_error, group_sweep_runs
-from a2d2c.utils.config_checks import check_train_config
-from a2d2c.utils.run_dir import claim_run_dir, continue_command, release, save_hydra_files
+from a2d2c.cli.overrides import check_group_choices, check_override_keys, exit_on_config_error, group_sweep_runs
+from a2d2c.config_checks import check_train_config
+from a2d2c.cli.run_dir import claim_run_dir, continue_command, release, save_hydra_files
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
 def main(cfg: DictConfig):
-    from a2d2c.engine import Trainer  # torch & co. load after the config is known to be valid
+    from a2d2c.engine.trainer import Trainer  # torch & co. load after the config is known to be valid
     from a2d2c.engine.preemption import Preempted
 
     group_sweep_runs(cfg)  # in a sweep, the jobs' wandb runs are grouped by it

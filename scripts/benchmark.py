@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from a2d2c.layers import CONV_TYPES, create_conv2d  # noqa: E402
 from a2d2c.layers.dynamic_conv import PATHS  # noqa: E402
-from a2d2c.layers.fused_mix import fused_mix_applies  # noqa: E402
+from a2d2c.layers.kernels.fused_mix import fused_mix_applies  # noqa: E402
 from a2d2c.models import build_classifier  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

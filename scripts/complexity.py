@@ -4,7 +4,7 @@
     python scripts/complexity.py                 # 224x224 imagenet stem and 32x32 cifar stem
     python scripts/complexity.py --out docs/complexity.md
 
-Counted with a2d2c.utils.complexity.count_complexity (batch 1, torch.utils.flop_counter, the
+Counted with a2d2c.models.complexity.count_complexity (batch 1, torch.utils.flop_counter, the
 papers' convention) on meta tensors, so the whole table takes seconds. Where the DyConv paper
 (Chen et al., CVPR 2020, Table 1/2) has a row, its static and DY numbers stand beside ours; the
 last column is A2D2C+'s cost against static (its promise: at most 2x params, 1.5x MAdds).
@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from a2d2c.layers import CONV_TYPES  # noqa: E402
 from a2d2c.models import BACKBONES, build_classifier  # noqa: E402
-from a2d2c.utils.complexity import count_complexity  # noqa: E402
+from a2d2c.models.complexity import count_complexity  # noqa: E402
 
 # DyConv paper, (params, MAdds) static and DY, at 224x224 with 1000 classes (REFERENCES.md).
 DYCONV_PAPER = {

@@ -8,6 +8,6 @@ cd "$(dirname "$0")/.."
 if [[ -z "${NPROC:-}" ]]; then
   NPROC=$(python -c "import torch; print(max(1, torch.cuda.device_count()))")
 fi
-# A fresh rendezvous store per restart (see a2d2c/utils/distributed.py: restarts_share_a_stale_store).
+# A fresh rendezvous store per restart (see a2d2c/distributed/process_group.py: restarts_share_a_stale_store).
 export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}
 exec torchrun --standalone --nproc_per_node="$NPROC" train.py "$@"

@@ -7,7 +7,7 @@
 
 Rows are models (dataset × backbone × conv type, seeds averaged); columns are params, MAdds and
 the best top-1 (classification) or AP (detection) of the run, with the paper's numbers beside them
-when --table names a table that has them (a2d2c/utils/paper_tables.py). The plot draws one line per
+when --table names a table that has them (a2d2c/reporting/paper_tables.py). The plot draws one line per
 conv type through its backbones, as figure 1 of the DyConv paper.
 """
 from __future__ import annotations
@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from a2d2c.utils.errors import ConfigError  # noqa: E402
-from a2d2c.utils.paper_tables import TABLES  # noqa: E402
-from a2d2c.utils.results_table import load_runs, markdown_table, plot_accuracy_vs_madds  # noqa: E402
+from a2d2c.errors import ConfigError  # noqa: E402
+from a2d2c.reporting.paper_tables import TABLES  # noqa: E402
+from a2d2c.reporting.results_table import load_runs, markdown_table, plot_accuracy_vs_madds  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -9,10 +9,10 @@
     python scripts/reproduce.py --list
     python scripts/reproduce.py --table dyconv_imagenet --plan        # no data, no GPU: the rows, ours vs the paper's
 
-Each table (a2d2c/utils/paper_tables.py) is one or more Hydra sweeps of train.py; extra arguments
+Each table (a2d2c/reporting/paper_tables.py) is one or more Hydra sweeps of train.py; extra arguments
 are Hydra overrides added to every sweep. Runs land in <out>/sweep_<i>/<job>; the table is written
 to <out>/<table>.md and the plot to <out>/<table>.png (scripts/make_table.py redoes both any time).
---plan runs nothing: it composes every run, builds and counts its model (a2d2c/utils/table_plan.py),
+--plan runs nothing: it composes every run, builds and counts its model (a2d2c/reporting/table_plan.py),
 prints the table the runs will fill with the paper's numbers beside ours and writes <out>/<table>_plan.json.
 """
 from __future__ import annotations
@@ -26,9 +26,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from a2d2c.utils.errors import ConfigError  # noqa: E402
-from a2d2c.utils.paper_tables import TABLES  # noqa: E402
-from a2d2c.utils.table_plan import override_key  # noqa: E402
+from a2d2c.errors import ConfigError  # noqa: E402
+from a2d2c.reporting.paper_tables import TABLES  # noqa: E402
+from a2d2c.reporting.table_plan import override_key  # noqa: E402
 
 
 def sweep_commands(table, out: Path, overrides, nproc: int = 1, slurm: bool = False) -> list:
@@ -54,9 +54,9 @@ def sweep_commands(table, out: Path, overrides, nproc: int = 1, slurm: bool = Fa
 
 def plan(table, overrides, out: Path) -> int:
     """--plan: every run composed and its model counted, nothing trained, no data read."""
-    from a2d2c.utils.cli import check_group_choices, check_override_keys
-    from a2d2c.utils.table_plan import CONFIG_DIR, plan_markdown, write_plan
-    from a2d2c.utils.table_plan import plan as plan_rows
+    from a2d2c.cli.overrides import check_group_choices, check_override_keys
+    from a2d2c.reporting.table_plan import CONFIG_DIR, plan_markdown, write_plan
+    from a2d2c.reporting.table_plan import plan as plan_rows
 
     check_group_choices(CONFIG_DIR, overrides)  # as train.py: a bad choice or key is one line
     check_override_keys(CONFIG_DIR, "train", overrides)

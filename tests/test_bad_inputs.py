@@ -13,7 +13,7 @@ from PIL import Image
 from a2d2c.data.imagenet import build_imagenet
 from a2d2c.data.tolerant_folder import TolerantImageFolder
 from a2d2c.layers import create_conv2d
-from a2d2c.utils.errors import ConfigError
+from a2d2c.errors import ConfigError
 from test_cli import assert_one_line_error
 from train_utils import QUIET, TINY, compose_config, run_script
 

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from a2d2c.utils import checkpoint as ckpt
+from a2d2c.checkpointing import files as ckpt
 from train_utils import run_script
 
 

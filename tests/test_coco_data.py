@@ -8,8 +8,8 @@ from torch.utils.data import DataLoader, SequentialSampler, Subset
 from a2d2c.data.aspect_ratio import (GroupedBatchSampler, build_grouped_train_loader, create_aspect_ratio_groups,
                                      dataset_aspect_ratios)
 from a2d2c.data.coco import build_coco, detection_collate, find_detection_dataset
-from a2d2c.utils.distributed import DistInfo
-from a2d2c.utils.errors import ConfigError
+from a2d2c.distributed.process_group import DistInfo
+from a2d2c.errors import ConfigError
 
 # (width, height) per image id, and its annotations: (category id, [x, y, w, h], iscrowd)
 IMAGES = {

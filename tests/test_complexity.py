@@ -12,7 +12,7 @@ from torch import nn
 from a2d2c.layers import DynamicConv2d, create_conv2d
 from a2d2c.layers.dynamic_conv import PATHS
 from a2d2c.models import BACKBONES, build_classifier
-from a2d2c.utils.complexity import count_complexity
+from a2d2c.models.complexity import count_complexity
 
 ROOT = Path(__file__).resolve().parents[1]
 

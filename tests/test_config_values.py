@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from a2d2c.utils.config_checks import EVAL_NEEDS_CHECKPOINT, check_eval_config, check_train_config
-from a2d2c.utils.errors import ConfigError
+from a2d2c.config_checks import EVAL_NEEDS_CHECKPOINT, check_eval_config, check_train_config
+from a2d2c.errors import ConfigError
 from test_cli import assert_one_line_error
 from train_utils import CONFIG_DIR, compose_config, run_script
 
@@ -149,7 +149,7 @@ def test_eval_py_without_a_checkpoint_says_how_to_give_one(tmp_path):
 
 
 def test_a_recipe_with_unverified_values_says_so_in_one_line():
-    from a2d2c.utils.config_checks import unverified_recipe_line
+    from a2d2c.config_checks import unverified_recipe_line
     assert unverified_recipe_line(compose_config("experiment=odconv_imagenet_mobilenetv2_x1_0")) is None
     line = unverified_recipe_line(compose_config("experiment=dyconv_imagenet_mobilenetv2_x0_75"))
     assert line.startswith("recipe: trainer.epochs=300, trainer.batch_size=256, optimizer.lr=0.05")

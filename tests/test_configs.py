@@ -5,7 +5,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from a2d2c.engine import Trainer
+from a2d2c.engine.trainer import Trainer
 from train_utils import CONFIG_DIR, QUIET, compose_config
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
@@ -159,7 +159,7 @@ def test_logger_none_disables_wandb_and_default_is_offline():
 
 def test_default_config_is_a2d2c_on_digits():
     cfg = compose_config()
-    assert (cfg.conv.type, cfg.dataset.name, cfg.task._target_) == ("a2d2c", "digits", "a2d2c.engine.classification.ClassificationTask")
+    assert (cfg.conv.type, cfg.dataset.name, cfg.task._target_) == ("a2d2c", "digits", "a2d2c.tasks.classification.ClassificationTask")
     assert cfg.seed == 0 and Path(CONFIG_DIR / "hydra" / "output" / "runs.yaml").is_file()
 
 

@@ -10,8 +10,8 @@ from a2d2c.data.cifar import build_cifar100
 from a2d2c.data.digits import Digits, _load_with_split
 from a2d2c.data.imagenet import build_imagenet
 from a2d2c.data.synthetic import SyntheticImages
-from a2d2c.utils.distributed import DistInfo
-from a2d2c.utils.errors import ConfigError
+from a2d2c.distributed.process_group import DistInfo
+from a2d2c.errors import ConfigError
 
 
 def test_digits_split_is_fixed_stratified_and_disjoint():

@@ -5,10 +5,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from a2d2c.utils import checkpoint as ckpt
-from a2d2c.utils.batch_scaling import batch_scaling
-from a2d2c.utils.errors import ConfigError
-from a2d2c.utils.launch_env import env_rank, slurm_environment
+from a2d2c.checkpointing import files as ckpt
+from a2d2c.engine.batch_scaling import batch_scaling
+from a2d2c.errors import ConfigError
+from a2d2c.distributed.launch_env import env_rank, slurm_environment
 from train_utils import run_script
 
 TORCHRUN = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
@@ -133,7 +133,7 @@ def test_slurm_tasks_derive_rank_world_size_and_master_from_the_slurm_environmen
 
 
 def test_sync_bn_on_cpu_is_batch_norm_outside_ddp():
-    from a2d2c.utils.distributed import GlooSyncBatchNorm, convert_sync_batchnorm
+    from a2d2c.distributed.process_group import GlooSyncBatchNorm, convert_sync_batchnorm
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
     reference = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
@@ -153,7 +153,7 @@ def test_sync_bn_on_cpu_is_batch_norm_outside_ddp():
     ({}, False),                                                                           # not torchrun
 ])
 def test_restarts_onto_a_shared_rendezvous_store_are_detected(monkeypatch, env, stale):
-    from a2d2c.utils.distributed import restarts_share_a_stale_store
+    from a2d2c.distributed.process_group import restarts_share_a_stale_store
     for key in ("TORCHELASTIC_MAX_RESTARTS", "TORCHELASTIC_USE_AGENT_STORE"):
         monkeypatch.delenv(key, raising=False)
     for key, value in env.items():

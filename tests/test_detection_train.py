@@ -8,10 +8,10 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from a2d2c.engine import Trainer
+from a2d2c.engine.trainer import Trainer
 from a2d2c.models.detection import build_detector
-from a2d2c.utils import checkpoint as ckpt
-from a2d2c.utils.complexity import count_complexity
+from a2d2c.checkpointing import files as ckpt
+from a2d2c.models.complexity import count_complexity
 from train_utils import QUIET, compose_config, run_script
 
 COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -42,7 +42,7 @@ def shapes_run(tmp_path_factory):
 
 def test_shapes_run_reports_coco_ap_in_results_metrics_and_wandb(shapes_run):
     results = json.loads((shapes_run / "results.json").read_text())
-    assert results["config"]["task"]["_target_"] == "a2d2c.engine.detection.DetectionTask"
+    assert results["config"]["task"]["_target_"] == "a2d2c.tasks.detection.DetectionTask"
     assert results["config"]["detector"]["min_size"] == 64  # the command line beats shapes' sizing
     for key in COCO_METRICS:
         value = results["best"][f"val/{key}"]

@@ -4,7 +4,7 @@ import torch
 
 from a2d2c.layers import CONV_TYPES, create_conv2d
 from a2d2c.models import build_classifier
-from a2d2c.utils.export import export_onnx
+from a2d2c.models.export import export_onnx
 
 LAYER_CASES = [(t, {}) for t in CONV_TYPES] + [("dynamic", {"path": p}) for p in
                                                 ("aggregate", "unfold", "responses", "tune")]

@@ -14,10 +14,10 @@ import torch
 
 from a2d2c.data import build_train_loader
 from a2d2c.data.digits import Digits
-from a2d2c.engine import Trainer
+from a2d2c.engine.trainer import Trainer
 from a2d2c.engine.divergence import NonFiniteLossError
-from a2d2c.utils import checkpoint as ckpt
-from a2d2c.utils.distributed import DistInfo
+from a2d2c.checkpointing import files as ckpt
+from a2d2c.distributed.process_group import DistInfo
 from train_utils import QUIET, REPO, TINY, compose_config, wait_for_step
 
 STATE = {"model": {"w": torch.arange(64, dtype=torch.float32)}, "config": {"seed": 0}, "step": 3}
@@ -316,7 +316,7 @@ def _torchrun(run_dir: Path, *extra, env: dict | None = None) -> subprocess.Pope
     env = {**os.environ, "WANDB_SILENT": "true", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})}
     run_dir.mkdir(parents=True, exist_ok=True)
     log = open(run_dir / f"stderr-{time.monotonic_ns()}.txt", "w")
-    # No trainer.resume: a restarted job continues in its run dir by itself (a2d2c/utils/run_dir.py).
+    # No trainer.resume: a restarted job continues in its run dir by itself (a2d2c/cli/run_dir.py).
     overrides = [o for o in SUBPROCESS_RUN if o != "trainer.resume=auto"]
     return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", *extra, "train.py",
                              *overrides, f"hydra.run.dir={run_dir}"],

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from a2d2c.layers import create_conv2d
-from a2d2c.layers.fused_evidence import fused_evidence, fused_evidence_applies
-from a2d2c.layers.kernel_attention import response_evidence_eager
+from a2d2c.layers.kernels.fused_evidence import fused_evidence, fused_evidence_applies
+from a2d2c.layers.kernels.eager import response_evidence_eager
 from triton_utils import needs_interpreter, rel_err, rerun_under_interpreter, responses_like_a_conv
 
 pytest.importorskip("triton")
@@ -51,9 +51,9 @@ def test_half_precision_responses():
 
 @needs_interpreter
 def test_a2d2c_layers_reach_the_fused_evidence(monkeypatch):
-    from a2d2c.layers import fused_evidence as module, kernel_attention
+    from a2d2c.layers.kernels import dispatch, fused_evidence as module
     calls = []
-    monkeypatch.setattr(kernel_attention, "fused_evidence", lambda r: calls.append(r.shape) or module._FusedEvidence.apply(r))
+    monkeypatch.setattr(dispatch, "fused_evidence", lambda r: calls.append(r.shape) or module._FusedEvidence.apply(r))
     for conv_type in ("a2d2c", "a2d2c_plus"):
         create_conv2d(conv_type, 8, 8, 3)(torch.randn(2, 8, 6, 6)).sum().backward()
     assert len(calls) == 2

@@ -7,8 +7,10 @@ import copy
 import pytest
 import torch
 
-from a2d2c.layers import create_conv2d, functional, fused_mix as fused_mix_module
-from a2d2c.layers.functional import mix_responses, mix_responses_eager
+from a2d2c.layers import create_conv2d
+from a2d2c.layers.kernels import dispatch, fused_mix as fused_mix_module
+from a2d2c.layers.kernels.dispatch import mix_responses
+from a2d2c.layers.kernels.eager import mix_responses_eager
 from reference_convs import reference
 from triton_utils import needs_interpreter, rel_err, rerun_under_interpreter, responses_like_a_conv
 
@@ -68,7 +70,7 @@ def test_only_the_gradients_that_are_needed_are_written():
 @pytest.mark.parametrize("groups", [1, 2])
 def test_layers_take_the_fused_path_and_match_the_naive_reference(monkeypatch, conv_type, opts, groups):
     calls = []
-    monkeypatch.setattr(functional, "fused_mix", lambda *a: calls.append(1) or fused_mix_module._FusedMix.apply(*a))
+    monkeypatch.setattr(dispatch, "fused_mix", lambda *a: calls.append(1) or fused_mix_module._FusedMix.apply(*a))
     m = create_conv2d(conv_type, 4, 6, 3, stride=2, groups=groups, bias=conv_type != "a2d2c_plus", **opts)
     x = torch.randn(3, 4, 9, 8)
     out = m(x)

@@ -73,7 +73,7 @@ def test_data_benchmark_runs_on_cpu(tmp_path):
 @pytest.mark.parametrize("decode", ["cpu", "gpu"])
 def test_imagenet_training_with_either_decode_path(tmp_path, decode):
     """dataset=imagenet on an ImageFolder of JPEGs, both pipelines, through the real Trainer."""
-    from a2d2c.engine import Trainer
+    from a2d2c.engine.trainer import Trainer
     from train_utils import QUIET, compose_config
     rng = np.random.default_rng(0)
     for split in ("train", "val"):

@@ -9,7 +9,7 @@ from torchvision.models import mobilenet_v2, resnet18
 from a2d2c.layers import A2D2CPlusConv2d, MixtureConv2d
 from a2d2c.models import build_classifier, convert_convs
 from a2d2c.models.detection import build_detector
-from a2d2c.utils.errors import ConfigError
+from a2d2c.errors import ConfigError
 
 DYNAMIC_TYPES = ("dynamic", "a2d2c", "a2d2c_plus")
 BACKBONES = ("resnet18", "mobilenetv2_x0_5")

@@ -1,5 +1,5 @@
 """A fused Triton kernel that raises or writes nothing never stops a run or changes its numbers
-(a2d2c/layers/kernel_health.py). On CPU the kernels run under Triton's interpreter, in a process of
+(a2d2c/layers/kernels/health.py). On CPU the kernels run under Triton's interpreter, in a process of
 their own (triton_utils.py); broken kernels are swapped in for the real ones."""
 import copy
 
@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from a2d2c.layers import create_conv2d
-from a2d2c.layers import fused_evidence as fused_evidence_module
-from a2d2c.layers import fused_mix as fused_mix_module
-from a2d2c.layers import per_sample_conv as per_sample_conv_module
-from a2d2c.layers.kernel_health import HEALTH
+from a2d2c.layers.kernels import fused_evidence as fused_evidence_module
+from a2d2c.layers.kernels import fused_mix as fused_mix_module
+from a2d2c.layers.kernels import per_sample_conv as per_sample_conv_module
+from a2d2c.layers.kernels.health import HEALTH
 from reference_convs import reference
 from triton_utils import needs_interpreter, rel_err, rerun_under_interpreter
 

@@ -152,7 +152,7 @@ def test_dynamic_batch_one_aggregates_the_kernel_once():
 
 
 def test_tuned_path_is_measured_once_and_cached():
-    from a2d2c.layers.path_tuning import TUNABLE_PATHS, TUNER
+    from a2d2c.layers.kernels.path_tuning import TUNABLE_PATHS, TUNER
     m = create_conv2d("dynamic", 16, 16, 3, path="tune")
     x = torch.randn(4, 16, 9, 9)
     chosen = m.select_path(x)
@@ -166,7 +166,7 @@ def test_tuned_path_is_measured_once_and_cached():
 def test_tune_works_with_frozen_kernels(frozen, training):
     # Frozen stages (detection) or requires_grad_(False): the tuner times the backward that
     # really runs, without the kernel gradients, instead of failing every candidate.
-    from a2d2c.layers.path_tuning import TUNER
+    from a2d2c.layers.kernels.path_tuning import TUNER
     torch.manual_seed(0)
     m = build("dynamic", "dense", path="tune").double().train(training)
     (m.weight if frozen == "weight" else m).requires_grad_(False)
@@ -184,7 +184,7 @@ def test_tune_works_with_frozen_kernels(frozen, training):
 
 
 def test_a_path_that_fails_while_tuning_is_skipped_with_a_warning(caplog):
-    from a2d2c.layers.path_tuning import PathTuner
+    from a2d2c.layers.kernels.path_tuning import PathTuner
 
     def run(path):
         if path == "unfold":

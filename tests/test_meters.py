@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from a2d2c.utils.meters import MetricLogger
+from a2d2c.tracking.meters import MetricLogger
 
 
 def test_tensor_updates_stay_tensors_until_read_and_average_exactly():

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from a2d2c.layers import create_conv2d
 from a2d2c.layers.functional import aggregate_kernels
-from a2d2c.layers.per_sample_conv import per_sample_conv, per_sample_conv_applies, per_sample_conv_backward
+from a2d2c.layers.kernels.per_sample_conv import per_sample_conv, per_sample_conv_applies, per_sample_conv_backward
 from reference_convs import reference
 from triton_utils import INTERPRETED, needs_interpreter, rel_err, rerun_under_interpreter
 
@@ -84,7 +84,7 @@ def test_triton_path_matches_the_naive_reference_and_the_aggregate_path_gradient
 
 @needs_interpreter
 def test_tune_times_the_triton_path_where_it_applies(monkeypatch):
-    from a2d2c.layers.path_tuning import TUNER
+    from a2d2c.layers.kernels.path_tuning import TUNER
     seen = []
     monkeypatch.setattr(TUNER, "choices", {})
     monkeypatch.setattr(TUNER, "choose", lambda key, run, device, candidates: seen.append(candidates) or "triton")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from a2d2c.utils.paper_tables import TABLES
+from a2d2c.reporting.paper_tables import TABLES
 from train_utils import CONFIG_DIR, REPO, compose_config, run_script
 
 sys.path.insert(0, str(REPO / "scripts"))

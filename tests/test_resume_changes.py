@@ -4,10 +4,10 @@ import json
 import pytest
 import torch
 
-from a2d2c.engine import Trainer
+from a2d2c.engine.trainer import Trainer
 from a2d2c.engine.evaluation import evaluate_checkpoint
-from a2d2c.utils import checkpoint as ckpt
-from a2d2c.utils.errors import ConfigError
+from a2d2c.checkpointing import files as ckpt
+from a2d2c.errors import ConfigError
 from train_utils import QUIET, TINY, compose_config
 
 RUN = (*TINY, *QUIET, "conv=static", "optimizer=sgd", "optimizer.lr=0.1", "scheduler.warmup_t=0")

@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from a2d2c.engine import Trainer
-from a2d2c.utils import checkpoint as ckpt
-from a2d2c.utils import run_dir
+from a2d2c.engine.trainer import Trainer
+from a2d2c.checkpointing import files as ckpt
+from a2d2c.cli import run_dir
 from test_cli import assert_one_line_error
 from train_utils import REPO, TINY, compose_config, run_script, wait_for_step
 

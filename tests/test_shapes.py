@@ -11,7 +11,7 @@ from pycocotools.coco import COCO
 
 from a2d2c.data.coco import CocoDetectionDataset
 from a2d2c.data.shapes import SHAPE_CLASSES, build_shapes, generate_shapes, prepare_shapes
-from a2d2c.utils.errors import ConfigError
+from a2d2c.errors import ConfigError
 
 SIZES = {"train": 40, "val": 8}
 

@@ -1,14 +1,14 @@
-"""scripts/reproduce.py --plan (a2d2c/utils/table_plan.py): every run of a table composed, built and counted, no data."""
+"""scripts/reproduce.py --plan (a2d2c/reporting/table_plan.py): every run of a table composed, built and counted, no data."""
 import json
 
 import pytest
 import torch
 
-from a2d2c.engine import Trainer
+from a2d2c.engine.trainer import Trainer
 from a2d2c.models import build_classifier
-from a2d2c.utils.complexity import count_complexity
-from a2d2c.utils.paper_tables import TABLES, paper_numbers
-from a2d2c.utils.table_plan import plan, plan_markdown, plan_row
+from a2d2c.models.complexity import count_complexity
+from a2d2c.reporting.paper_tables import TABLES, paper_numbers
+from a2d2c.reporting.table_plan import plan, plan_markdown, plan_row
 from train_utils import QUIET, compose_config, run_script
 
 DIGITS_RUNS = [("digits", "resnet10", "static", None), ("digits", "resnet10", "dynamic", 4),

@@ -6,12 +6,12 @@ import logging
 import pytest
 import torch
 
-from a2d2c.engine import Trainer
+from a2d2c.engine.trainer import Trainer
 from a2d2c.engine.temperature_schedule import TemperatureSchedule
 from a2d2c.layers import MixtureConv2d, annealed_temperature, set_temperature
 from a2d2c.models import build_classifier
-from a2d2c.utils import checkpoint as ckpt
-from a2d2c.utils.config_checks import check_train_config
+from a2d2c.checkpointing import files as ckpt
+from a2d2c.config_checks import check_train_config
 from train_utils import CONFIG_DIR, QUIET, TINY, compose_config
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))

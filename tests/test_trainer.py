@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from a2d2c.engine import Trainer
+from a2d2c.engine.trainer import Trainer
 from a2d2c.layers import annealed_temperature
 from a2d2c.models import build_classifier
-from a2d2c.utils import checkpoint as ckpt
-from a2d2c.utils.errors import ConfigError
+from a2d2c.checkpointing import files as ckpt
+from a2d2c.errors import ConfigError
 from train_utils import QUIET, TINY, compose_config
 
 

@@ -33,7 +33,9 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 from triton.runtime.jit import JITFunction  # noqa: E402
 
-from a2d2c.layers import create_conv2d, fused_evidence, fused_mix, kernel_health, per_sample_conv  # noqa: E402
+from a2d2c.layers import create_conv2d  # noqa: E402
+from a2d2c.layers.kernels import fused_evidence, fused_mix, per_sample_conv  # noqa: E402
+from a2d2c.layers.kernels import health as kernel_health  # noqa: E402
 
 KERNEL_MODULES = (fused_mix, fused_evidence, per_sample_conv)
 TARGETS = (80, 90)
@@ -99,7 +101,7 @@ def record_launches(monkeypatch) -> set:
             monkeypatch.setattr(module, name, Recorder(fn, launches))
             kernels[(module.__name__, name)] = fn
         monkeypatch.setattr(module, "triton_runs_on", lambda t: t.dtype in POINTER and t.is_floating_point())
-    # No checks here: the recorders compute nothing (kernel_health.py is tested in test_kernel_fallback.py).
+    # No checks here: the recorders compute nothing (kernels/health.py is tested in test_kernel_fallback.py).
     monkeypatch.setattr(kernel_health.HEALTH, "usable", lambda name, like: True)
     for (conv_type, options, cin, cout, k, stride, groups), size, dtype, channels_last, bias in itertools.product(
             LAYERS, SIZES, (torch.float32, torch.bfloat16, torch.float16), (False, True), (False, True)):

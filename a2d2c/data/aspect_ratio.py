@@ -10,11 +10,12 @@ from collections import defaultdict
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler, Subset
+from torch.utils.data import Sampler, Subset
 
 from a2d2c.data.coco import find_detection_dataset
+from a2d2c.data.loader import EpochLoader
 from a2d2c.data.resumable import PerSampleSeeded, ResumableDistributedSampler
-from a2d2c.utils.distributed import DistInfo
+from a2d2c.distributed.process_group import DistInfo
 
 
 def create_aspect_ratio_groups(aspect_ratios, k: int = 3) -> list:
@@ -81,13 +82,14 @@ class GroupedBatchSampler(Sampler):
 
 
 def build_grouped_train_loader(dataset, batch_size: int, dist_info: DistInfo, seed: int, num_workers: int = 0,
-                               pin_memory: bool = False, collate_fn=None, group_factor: int = 3) -> DataLoader:
+                               pin_memory: bool = False, collate_fn=None, group_factor: int = 3) -> EpochLoader:
     """Like ``a2d2c.data.build_train_loader`` (shuffled by seed and epoch, sharded over ranks, augmentation
-    seeded per sample, resumable mid-epoch), with batches grouped by aspect ratio. Call
-    ``loader.batch_sampler.set_epoch(epoch)`` (and ``.skip(n)`` to resume) each epoch."""
+    seeded per sample, resumable mid-epoch: ``loader.start_epoch(epoch, skip)``), with batches grouped by
+    aspect ratio."""
     sampler = ResumableDistributedSampler(dataset, num_replicas=dist_info.world_size, rank=dist_info.rank,
                                           shuffle=True, seed=seed, drop_last=True)
     groups = create_aspect_ratio_groups(dataset_aspect_ratios(dataset), group_factor)
-    return DataLoader(PerSampleSeeded(dataset, seed), batch_sampler=GroupedBatchSampler(sampler, groups, batch_size),
-                      num_workers=num_workers, pin_memory=pin_memory, collate_fn=collate_fn,
-                      persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed))
+    batches = GroupedBatchSampler(sampler, groups, batch_size)
+    return EpochLoader(PerSampleSeeded(dataset, seed), batch_sampler=batches, num_workers=num_workers,
+                       pin_memory=pin_memory, collate_fn=collate_fn, persistent_workers=num_workers > 0,
+                       generator=torch.Generator().manual_seed(seed), ordering=batches)

@@ -5,7 +5,7 @@ import torch
 from torchvision import datasets
 from torchvision.transforms import v2
 
-from a2d2c.utils.errors import ConfigError
+from a2d2c.errors import ConfigError
 
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)

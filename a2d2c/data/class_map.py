@@ -21,7 +21,7 @@ from torchvision.datasets import DatasetFolder
 
 from a2d2c.data.coco import CocoDetectionDataset
 from a2d2c.data.resumable import PerSampleSeeded
-from a2d2c.utils.errors import ConfigError
+from a2d2c.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

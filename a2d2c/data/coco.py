@@ -24,7 +24,7 @@ from torchvision import tv_tensors
 from torchvision.datasets import CocoDetection, wrap_dataset_for_transforms_v2
 from torchvision.transforms import v2
 
-from a2d2c.utils.errors import ConfigError
+from a2d2c.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

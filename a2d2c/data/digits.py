@@ -10,7 +10,7 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from a2d2c.utils.errors import ConfigError
+from a2d2c.errors import ConfigError
 
 SPLIT_SEED = 0
 TEST_FRACTION = 0.2

@@ -20,7 +20,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from a2d2c.data.constants import IMAGENET_MEAN, IMAGENET_STD
 from a2d2c.data.tolerant_folder import TolerantImageFolder
-from a2d2c.utils.errors import ConfigError
+from a2d2c.errors import ConfigError
 
 JPEG_SOI = b"\xff\xd8\xff"  # start-of-image marker and the first byte of the next marker
 

@@ -7,7 +7,7 @@ from torchvision.transforms import v2
 from a2d2c.data.constants import IMAGENET_MEAN, IMAGENET_STD
 from a2d2c.data.gpu_decode import EncodedImageFolder
 from a2d2c.data.tolerant_folder import TolerantImageFolder
-from a2d2c.utils.errors import ConfigError
+from a2d2c.errors import ConfigError
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "imagenet_transforms", "build_imagenet"]
 

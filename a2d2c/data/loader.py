@@ -3,7 +3,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from a2d2c.data.resumable import PerSampleSeeded, ResumableDistributedSampler
-from a2d2c.utils.distributed import DistInfo
+from a2d2c.distributed.process_group import DistInfo
 
 
 class ShardedEvalSampler(Sampler):
@@ -22,11 +22,28 @@ class ShardedEvalSampler(Sampler):
         return len(self.indices)
 
 
-def build_train_loader(dataset, batch_size: int, dist_info: DistInfo, seed: int, num_workers: int = 0,
-                       pin_memory: bool = False, collate_fn=None) -> DataLoader:
-    """Shuffled by (seed, epoch) — call `loader.sampler.set_epoch(epoch)` — so a resumed run sees the same order.
+class EpochLoader(DataLoader):
+    """A training DataLoader whose order is a function of (seed, epoch), resumable inside an epoch.
 
-    Augmentation is seeded per (seed, epoch, sample), and `loader.sampler.skip(n)` starts the next
+    `ordering` is what draws the order: the sampler, or a batch sampler that owns it (aspect-ratio
+    grouping, data/aspect_ratio.py). The loop calls `start_epoch` before each epoch, whichever it is.
+    """
+
+    def __init__(self, *args, ordering, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.ordering = ordering
+
+    def start_epoch(self, epoch: int, skip_samples: int = 0) -> None:
+        """Shuffle for `epoch`; a resume mid-epoch starts after this process's first `skip_samples`."""
+        self.ordering.set_epoch(epoch)
+        self.ordering.skip(skip_samples)
+
+
+def build_train_loader(dataset, batch_size: int, dist_info: DistInfo, seed: int, num_workers: int = 0,
+                       pin_memory: bool = False, collate_fn=None) -> EpochLoader:
+    """Shuffled by (seed, epoch) — call `loader.start_epoch(epoch)` — so a resumed run sees the same order.
+
+    Augmentation is seeded per (seed, epoch, sample), and `loader.start_epoch(epoch, n)` starts the
     epoch after its first n samples: a mid-epoch resume replays the rest of the epoch exactly.
     `batch_size` is per process. The last incomplete batch is dropped (mixup pairs samples in a batch).
     """
@@ -34,9 +51,10 @@ def build_train_loader(dataset, batch_size: int, dist_info: DistInfo, seed: int,
                                           shuffle=True, seed=seed, drop_last=True)
     # Its own generator: creating an epoch's iterator then draws the worker base seed from it, not
     # from the global RNG, whose state a mid-epoch checkpoint captures after that draw.
-    return DataLoader(PerSampleSeeded(dataset, seed), batch_size=batch_size, sampler=sampler,
-                      num_workers=num_workers, pin_memory=pin_memory, drop_last=True, collate_fn=collate_fn,
-                      persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed))
+    return EpochLoader(PerSampleSeeded(dataset, seed), batch_size=batch_size, sampler=sampler,
+                       num_workers=num_workers, pin_memory=pin_memory, drop_last=True, collate_fn=collate_fn,
+                       persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(seed),
+                       ordering=sampler)
 
 
 def build_eval_loader(dataset, batch_size: int, dist_info: DistInfo, num_workers: int = 0,

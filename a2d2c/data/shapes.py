@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from a2d2c.data.coco import CocoDetectionDataset
-from a2d2c.utils.errors import ConfigError
+from a2d2c.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from PIL import UnidentifiedImageError
 from torchvision import datasets
 from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader
 
-from a2d2c.utils.errors import ConfigError
+from a2d2c.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

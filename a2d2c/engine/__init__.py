@@ -1,5 +1,6 @@
-"""The training loop (Trainer), the tasks it runs, and checkpoint evaluation."""
-from a2d2c.engine.classification import ClassificationTask
-from a2d2c.engine.trainer import Trainer
+"""From config to finished run: build.py makes the run's parts, trainer.py loops over them,
+evaluation.py scores a saved checkpoint; the schedules and guards the loop uses beside them.
 
-__all__ = ["Trainer", "ClassificationTask"]
+Nothing is imported here, so `a2d2c.config_checks` (torch-free, run before anything is built) can
+read engine/batch_scaling.py's rules without loading torch.
+"""

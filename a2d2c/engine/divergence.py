@@ -11,8 +11,8 @@ import math
 
 import torch
 
-from a2d2c.utils import distributed
-from a2d2c.utils.errors import ConfigError
+from a2d2c.distributed import process_group as distributed
+from a2d2c.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -3,16 +3,14 @@ import logging
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 
-from a2d2c.data import build_eval_loader
-from a2d2c.data.class_map import apply_class_map, dataset_class_map
-from a2d2c.engine.trainer import amp_dtype_from_config
+from a2d2c.data.class_map import dataset_class_map
+from a2d2c.engine.build import amp_dtype_from_config, build_eval_data, build_task, memory_format_from_config
 from a2d2c.layers import set_temperature
-from a2d2c.utils import checkpoint as ckpt
-from a2d2c.utils.distributed import DistInfo, resolve_device
-from a2d2c.utils.errors import ConfigError
-from a2d2c.utils.saved_config import load_saved_config
+from a2d2c.checkpointing import files as ckpt
+from a2d2c.distributed.process_group import DistInfo, resolve_device
+from a2d2c.errors import ConfigError
+from a2d2c.checkpointing.saved_config import load_saved_config
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +32,7 @@ def evaluate_checkpoint(path, ema: bool = False, device: str = "auto", batch_siz
     # Checked before anything in it is instantiated: a checkpoint never decides which code runs.
     cfg = load_saved_config(saved, path, overrides)
 
-    task = instantiate(cfg.task)
+    task = build_task(cfg)
     model = task.build_model()
     if ema:
         if not state.get("ema"):
@@ -48,19 +46,17 @@ def evaluate_checkpoint(path, ema: bool = False, device: str = "auto", batch_siz
         set_temperature(model, state["temperature"])
 
     device = resolve_device(device)
-    memory_format = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
+    memory_format = memory_format_from_config(cfg.trainer)
     model = model.to(device, memory_format=memory_format).eval()
     if cfg.trainer.compile:
         model = torch.compile(model)
-    dataset = instantiate(cfg.dataset.eval)
-    if "class_map" in state:  # the training split's classes, so labels mean what they meant in training
-        apply_class_map(dataset, state["class_map"], f"the {cfg.dataset.name} {cfg.dataset.eval_split} split")
-    elif dataset_class_map(dataset) is not None:
+    class_map = state.get("class_map")  # the training split's classes, so labels mean what they meant in training
+    eval_batch = batch_size or cfg.trainer.eval_batch_size or cfg.trainer.batch_size
+    loader = build_eval_data(cfg, task, class_map, eval_batch, DistInfo(), device.type == "cuda")
+    if "class_map" not in state and dataset_class_map(loader.dataset) is not None:
         log.warning("%s predates class maps in checkpoints (format 1): the %s split's labels follow its own class "
                     "folders or categories, which is right only if they match the training split's", path,
                     cfg.dataset.eval_split)
-    eval_batch = batch_size or cfg.trainer.eval_batch_size or cfg.trainer.batch_size
-    loader = build_eval_loader(dataset, eval_batch, DistInfo(), cfg.dataset.num_workers, device.type == "cuda", task.collate_fn)
     metrics = task.evaluate(model, loader, device, amp_dtype_from_config(cfg.trainer.amp), memory_format)
 
     split = cfg.dataset.eval_split

@@ -3,6 +3,10 @@ flag that the training loop reads between updates; it then saves a checkpoint an
 import signal
 import threading
 
+import torch
+
+from a2d2c.distributed.process_group import all_reduce_sum
+
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
@@ -29,6 +33,16 @@ class PreemptionNotice:
 
     def _record(self, signum, frame):
         self.signum = signum
+
+    def stop_requested(self, world_size: int, device, step: int, every: int = 1) -> bool:
+        """Whether this job stops now. Every rank must stop at the same update (checkpointing is
+        collective): any rank's signal stops all, checked over ranks only every `every` updates."""
+        flag = self.signum is not None
+        if world_size > 1:
+            if step % every:
+                return False
+            flag = all_reduce_sum(torch.tensor([float(flag)], device=device)).item() > 0
+        return flag
 
     def __exit__(self, *exc):
         for signum, handler in self._previous.items():

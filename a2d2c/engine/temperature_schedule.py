@@ -2,7 +2,7 @@
 
 `trainer.temperature` (configs/trainer/default.yaml) anneals τ linearly from `start` to `end` over a length
 given either in epochs (`epochs: 10`) or as a fraction of the run (`fraction: 0.5` of trainer.epochs); exactly
-one of the two is set (utils/config_checks.py says so in one line otherwise). A model that starts from a
+one of the two is set (config_checks.py says so in one line otherwise). A model that starts from a
 dynamic run's weights (detector.backbone_weights) carries that run's τ buffers: with `from_weights: true`
 (the default) it keeps that τ for the whole run instead of re-annealing from `start`.
 """

@@ -1,111 +1,54 @@
 """The training loop: one Trainer for every task.
 
-The Trainer owns what is the same for every task — devices and DDP, precision, the optimizer,
-LR and temperature schedules, EMA, checkpoints, logging. The task (see classification.py)
-owns the model, the loss and the evaluation.
+build.py makes the run's parts from the config; the Trainer loops over them: epochs of updates
+(accumulation, precision, gradient clipping, LR and τ schedules, EMA), evaluation, checkpoints,
+logging, preemption. The task (tasks/base.py) owns the model, the data, the loss and the metrics.
 """
-import copy
 import json
 import logging
 import math
 import signal
 import time
 from contextlib import nullcontext
-from functools import partial
 from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from timm.utils import ModelEmaV3, random_seed
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from a2d2c.data import build_eval_loader, build_train_loader
-from a2d2c.data.aspect_ratio import build_grouped_train_loader
-from a2d2c.data.class_map import apply_class_map, check_num_classes, dataset_class_map
+from a2d2c.checkpointing import files as ckpt
+from a2d2c.checkpointing.run_state import resume_run, save_run_checkpoint
+from a2d2c.config_checks import unverified_recipe_line
+from a2d2c.distributed import process_group as distributed
+from a2d2c.engine.build import build_run
 from a2d2c.engine.divergence import DivergenceGuard
 from a2d2c.engine.preemption import Preempted, PreemptionNotice
-from a2d2c.engine.run_state import capture_run_state, resume_run
-from a2d2c.engine.temperature_schedule import plan_temperature
 from a2d2c.layers import set_temperature
-from a2d2c.utils import checkpoint as ckpt
-from a2d2c.utils import distributed
-from a2d2c.utils.batch_scaling import batch_scaling
-from a2d2c.utils.complexity import count_complexity
-from a2d2c.utils.config_checks import check_train_config, unverified_recipe_line
-from a2d2c.utils.errors import ConfigError
-from a2d2c.utils.meters import MetricLogger, SmoothedValue
-from a2d2c.utils.tracking import JsonlWriter
+from a2d2c.tracking.loggers import JsonlWriter
+from a2d2c.tracking.meters import MetricLogger, SmoothedValue
 
 log = logging.getLogger(__name__)
 
-AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Under DDP the stop flag is all-reduced every this many updates, not every update: a collective
 # plus a host read per step would stall the GPU queue. Preemption grace periods are far longer.
 STOP_CHECK_EVERY = 10
 
 
-def amp_dtype_from_config(amp):
-    if amp not in AMP_DTYPES:
-        raise ConfigError(f"trainer.amp={amp!r} is not valid; use null (fp32), bf16 or fp16")
-    return AMP_DTYPES[amp]
-
-
 class Trainer:
+    """Loops over the parts `build_run` made (engine/build.py), which become its attributes:
+    self.model, self.optimizer, self.train_loader, self.task, ... (see RunParts)."""
+
     def __init__(self, cfg: DictConfig, output_dir, continue_job: bool = False):
         """`continue_job`: this process restarts a job (a SLURM requeue, a torchrun restart) whose run dir
         is `output_dir`; it resumes from the newest valid checkpoint there, if any, as trainer.resume=auto."""
-        check_train_config(cfg)  # before anything is built or written: a bad value is one line, nothing lost
-        self.cfg = cfg
-        tcfg = cfg.trainer
+        vars(self).update(vars(build_run(cfg)))
         self.output_dir = Path(output_dir)
-        self.dist = distributed.init_distributed(tcfg.device)
-        self.device = distributed.resolve_device(tcfg.device, self.dist.local_rank)
-        if not self.dist.is_main:
-            logging.getLogger().setLevel(logging.WARNING)  # rank 0 speaks for the job
-        random_seed(cfg.seed, self.dist.rank)
-        if tcfg.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = not tcfg.deterministic
-        self.amp_dtype = amp_dtype_from_config(tcfg.amp)
-        self.memory_format = torch.channels_last if tcfg.channels_last else torch.contiguous_format
-        self.accum_steps = tcfg.accum_steps
-        self.eval_split = cfg.dataset.eval_split
-
-        self.task = instantiate(cfg.task)
-        self.monitor = f"{self.eval_split}/{tcfg.monitor or self.task.primary_metric}"
-        model = self.task.build_model()
-        # Counted on a copy at batch size 1, so the run's own model and RNG stream are untouched.
-        # A detector is counted on its backbone + FPN (task.complexity_module): its heads' cost depends on the weights.
-        self.complexity = count_complexity(self.task.complexity_module(copy.deepcopy(model)).eval(),
-                                           self.task.input_size(cfg.dataset.image_size))
-        if tcfg.get("sync_bn") and self.dist.world_size > 1:
-            model = distributed.convert_sync_batchnorm(model, self.device)
-        self.model = model.to(self.device, memory_format=self.memory_format)
-        self.ema = ModelEmaV3(self.model, decay=tcfg.ema.decay, use_warmup=tcfg.ema.use_warmup) if tcfg.ema.enabled else None
-        self.batching = batch_scaling(tcfg, self.dist.world_size, cfg.optimizer.lr)
-        self.optimizer = instantiate(cfg.optimizer, lr=self.batching.lr)(params=self.model.parameters())
-        # timm schedulers in epoch units, stepped every update with the fractional epoch.
-        self.scheduler = instantiate(cfg.scheduler)(optimizer=self.optimizer)
-        self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype is torch.float16 else None
-        # τ (engine/temperature_schedule.py): annealed, or kept from dynamic starting weights; a static model has none.
-        self.anneal, self.tau = plan_temperature(cfg, self.model, self.ema.module if self.ema is not None else None)
-        self._build_loaders()
-
-        # Evaluation bypasses DDP (each rank scores its own shard); training goes through it.
-        self.eval_model = torch.compile(self.model) if tcfg.compile else self.model
-        if self.dist.world_size > 1:
-            ddp = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-            self.train_model = torch.compile(ddp) if tcfg.compile else ddp
-        else:
-            self.train_model = self.eval_model
-
         self.epoch = 0  # epochs completed
         self.step = 0  # optimizer updates completed
         self.batches_done = 0  # micro-batches of epoch `self.epoch` consumed (non-zero after a mid-epoch resume)
         self.skipped_steps = 0  # updates skipped for a non-finite loss (trainer.skip_nonfinite)
-        self.divergence = DivergenceGuard(tcfg.skip_nonfinite, self.dist.world_size, self.device)
+        self.divergence = DivergenceGuard(cfg.trainer.skip_nonfinite, self.dist.world_size, self.device)
         self.resume_history = []  # each resume of this run and the config changes it applied
         self.last_checkpoint = None  # the newest checkpoint this run wrote or resumed from
         self.preemption = PreemptionNotice()  # records SIGTERM/SIGUSR1 while fit() runs
@@ -116,33 +59,11 @@ class Trainer:
         self.train_samples, self.train_time_s = 0, 0.0
         if self.dist.is_main:  # the run dir is this process's (train.py holds its lock): nobody else writes there
             ckpt.remove_stale_temp_files(self.output_dir / "checkpoints")
-        if tcfg.resume or continue_job:
-            resume_run(self, tcfg.resume or "auto", asked=bool(tcfg.resume))
+        if cfg.trainer.resume or continue_job:
+            resume_run(self, cfg.trainer.resume or "auto", asked=bool(cfg.trainer.resume))
         self._open_trackers()
 
     # ----------------------------------------------------------------------------------- setup
-    def _build_loaders(self):
-        tcfg, dcfg, world = self.cfg.trainer, self.cfg.dataset, self.dist.world_size
-        pin = self.device.type == "cuda"
-        collate = self.task.collate_fn
-        train_set = instantiate(dcfg.train)
-        check_num_classes(train_set, dcfg.num_classes, "train")
-        # The training split numbers the classes; the evaluation split (and eval.py, from the checkpoint) follows it.
-        self.class_map = dataset_class_map(train_set)
-        group_factor = dcfg.get("aspect_ratio_group_factor", -1)  # detection: batch images of similar shape
-        make_loader = (partial(build_grouped_train_loader, group_factor=group_factor) if group_factor >= 0
-                       else build_train_loader)
-        self.train_loader = make_loader(train_set, self.batching.per_device_batch, self.dist,
-                                        self.cfg.seed, dcfg.num_workers, pin, collate)
-        self.updates_per_epoch = len(self.train_loader) // self.accum_steps
-        if self.updates_per_epoch == 0:
-            raise ConfigError(f"the global batch {self.batching.global_batch} is larger than the {len(train_set)} "
-                              f"training samples; lower trainer.batch_size")
-        eval_batch = max(1, (tcfg.eval_batch_size or self.batching.global_batch) // world)
-        eval_set = instantiate(dcfg.eval)
-        apply_class_map(eval_set, self.class_map, f"the {dcfg.name} {dcfg.eval_split} split")
-        self.eval_loader = build_eval_loader(eval_set, eval_batch, self.dist, dcfg.num_workers, pin, collate)
-
     def _open_trackers(self):
         self.metrics_file, self.tracker = None, None
         if not self.dist.is_main:
@@ -196,24 +117,13 @@ class Trainer:
         finally:
             self._close()
 
-    # ------------------------------------------------------------------------------ preemption
     def _stop_requested(self, every: int = 1) -> bool:
-        # Every rank must stop at the same update (checkpointing is collective): any rank's signal stops all.
-        flag = self.preemption.signum is not None
-        if self.dist.world_size > 1:
-            if self.step % every:
-                return False
-            flag = distributed.all_reduce_sum(torch.tensor([float(flag)], device=self.device)).item() > 0
-        return flag
+        return self.preemption.stop_requested(self.dist.world_size, self.device, self.step, every)
 
     def train_one_epoch(self, epoch: int) -> dict:
         self.train_model.train()
-        # With aspect-ratio grouping the batch sampler owns the epoch's order; else the sampler does.
-        batch_sampler = self.train_loader.batch_sampler
-        order = batch_sampler if hasattr(batch_sampler, "set_epoch") else self.train_loader.sampler
-        order.set_epoch(epoch)
         first = self.batches_done  # > 0 when resuming mid-epoch: replay the rest of the epoch only
-        order.skip(first * self.batching.per_device_batch)
+        self.train_loader.start_epoch(epoch, skip_samples=first * self.batching.per_device_batch)
         tcfg = self.cfg.trainer
         every = tcfg.checkpoint_every_steps or 0
         meters = MetricLogger()
@@ -345,27 +255,8 @@ class Trainer:
 
     # ------------------------------------------------------------------------- checkpoints, results
     def save_checkpoint(self, metrics: dict, is_best: bool):
-        """Write `step-<step>.pt`, publish it as last.pt (and best.pt), keep the newest trainer.keep_last.
-
-        Called at the end of an epoch (batches_done = 0) and, for recovery, between updates.
-        Returns the numbered checkpoint's path.
-        """
-        self.divergence.check(self.last_checkpoint)
-        self.divergence.check_weights(self.model, self.epoch, self.step, self.last_checkpoint)
-        directory = self.output_dir / "checkpoints"
-        path = ckpt.numbered_checkpoint_path(directory, self.step)
-        rng = distributed.all_gather_object(ckpt.capture_rng_state())
-        if not self.dist.is_main:
-            self.last_checkpoint = path
-            return path
-        state = capture_run_state(self, metrics, rng)
-        ckpt.save_checkpoint(state, path)
-        ckpt.copy_checkpoint(path, directory / "last.pt")
-        if is_best:
-            ckpt.copy_checkpoint(path, directory / "best.pt")
-        self.last_checkpoint = path  # only once it is on disk: error messages point users at it
-        ckpt.prune_checkpoints(directory, self.cfg.trainer.keep_last)
-        return path
+        """Write this point of the run (checkpointing/run_state.py); returns the numbered checkpoint's path."""
+        return save_run_checkpoint(self, metrics, is_best)
 
     def _write_results(self, final: dict) -> dict:
         results = {

@@ -16,7 +16,8 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from .functional import conv_responses, mix_responses, recomputed_mix
+from .functional import conv_responses
+from .kernels.dispatch import mix_responses, recomputed_mix
 from .kernel_attention import KernelAttention, LocalKernelAttention
 from .mixture_conv import IntOrPair, MixtureConv2d, init_like_conv2d_
 
@@ -47,7 +48,7 @@ class A2D2CConv2d(LocalAttentionMixin, MixtureConv2d):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
                          groups, num_kernels, temperature)
         kh, kw = self.kernel_size
-        # Backward recomputes the K responses instead of keeping them (functional.recomputed_mix):
+        # Backward recomputes the K responses instead of keeping them (kernels/dispatch.py):
         # about K times less activation memory for one more K-kernel conv per training step. Off by
         # default, as timm's gradient checkpointing: +29% step time for memory few runs lack.
         self.recompute_responses = recompute_responses

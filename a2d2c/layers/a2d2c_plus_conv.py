@@ -28,7 +28,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .a2d2c_conv import LocalAttentionMixin
-from .functional import conv_responses, mix_responses
+from .functional import conv_responses
+from .kernels.dispatch import mix_responses
 from .mixture_conv import IntOrPair, MixtureConv2d, init_like_conv2d_
 
 

@@ -12,7 +12,7 @@ from .a2d2c_plus_conv import A2D2CPlusConv2d
 from .dynamic_conv import DynamicConv2d
 from .functional import same_padding, to_2tuple
 from .mixture_conv import IntOrPair
-from ..utils.errors import ConfigError
+from ..errors import ConfigError
 
 CONV_TYPES = ("static", "dynamic", "a2d2c", "a2d2c_plus")
 

@@ -6,16 +6,17 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from .aggregated_conv import aggregated_conv
-from .per_sample_conv import per_sample_conv_applies
-from .functional import conv_responses, mix_responses
+from .kernels.aggregated_conv import aggregated_conv
+from .kernels.per_sample_conv import per_sample_conv_applies
+from .functional import conv_responses
+from .kernels.dispatch import mix_responses
 from .kernel_attention import KernelAttention
 from .mixture_conv import IntOrPair, MixtureConv2d, init_like_conv2d_
-from .path_tuning import TUNABLE_PATHS, TUNER, default_path
+from .kernels.path_tuning import TUNABLE_PATHS, TUNER, default_path
 
 PATHS = ("auto", "tune", "aggregate", "unfold", "triton", "responses", "reference")
 # DyConv's own formulation (attention, kernel aggregation, one conv per sample): the form the
-# papers count MAdds in, whichever path a model is built to run (utils/complexity.py).
+# papers count MAdds in, whichever path a model is built to run (models/complexity.py).
 CANONICAL_PATH = "aggregate"
 
 

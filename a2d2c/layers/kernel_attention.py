@@ -13,9 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .eager_formulas import response_evidence_eager
-from .fused_evidence import fused_evidence, fused_evidence_applies
-from .kernel_health import HEALTH
+from .kernels.dispatch import response_evidence
 
 
 class KernelAttention(nn.Module):
@@ -33,21 +31,6 @@ class KernelAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: B x C x H x W -> logits B x K."""
         return self.fc2(F.relu(self.fc1(x.mean((2, 3)))))
-
-
-def response_evidence(responses: torch.Tensor) -> torch.Tensor:
-    """B x K x O x H x W -> B x 2K x H x W: [channel-mean of each R_k, channel-max of each R_k].
-
-    On a GPU, one Triton pass (fused_evidence.py) once it passes its check (kernel_health.py);
-    elsewhere, or when it fails, the eager ops below.
-    """
-    if fused_evidence_applies(responses) and HEALTH.usable("fused_evidence", responses):
-        try:
-            return fused_evidence(responses)
-        except Exception as error:  # noqa: BLE001 - a failing kernel falls back, it never stops the run
-            HEALTH.disable("fused_evidence", responses, error)
-    return response_evidence_eager(responses)
-
 
 
 class LocalKernelAttention(nn.Module):

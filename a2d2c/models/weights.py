@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from a2d2c.utils.errors import ConfigError
+from a2d2c.errors import ConfigError
 
 __all__ = ["is_classifier_head", "load_classifier_weights"]
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from a2d2c.utils.errors import ConfigError
-from a2d2c.utils.paper_tables import paper_notes, paper_numbers
-from a2d2c.utils.results_table import _conv_rank, human
+from a2d2c.errors import ConfigError
+from a2d2c.reporting.paper_tables import paper_notes, paper_numbers
+from a2d2c.reporting.results_table import _conv_rank, human
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
@@ -65,9 +65,9 @@ def count_run(cfg) -> dict:
     """{"params", "macs", "metric"} of the run's model, built and counted as the Trainer does (a2d2c/engine/trainer.py)."""
     from hydra.utils import instantiate
 
-    from a2d2c.utils.complexity import count_complexity
-    from a2d2c.utils.config_checks import check_train_config
-    from a2d2c.utils.errors import find_config_error
+    from a2d2c.models.complexity import count_complexity
+    from a2d2c.config_checks import check_train_config
+    from a2d2c.errors import find_config_error
 
     check_train_config(cfg)
     try:

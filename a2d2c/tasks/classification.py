@@ -1,15 +1,16 @@
 """Image classification: the model, the loss (with optional label smoothing and mixup/cutmix) and top-k evaluation.
 
-The Trainer knows nothing about images or labels; everything task-specific is here, so a
-DetectionTask with the same methods plugs into the same loop.
+The Trainer knows nothing about images or labels; everything task-specific is here (the
+interface: tasks/base.py).
 """
 import torch
 import torch.nn as nn
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
-from a2d2c.utils.distributed import all_reduce_sum
-from a2d2c.utils.errors import ConfigError
+from a2d2c.data.loader import build_train_loader
+from a2d2c.distributed.process_group import all_reduce_sum
+from a2d2c.errors import ConfigError
 
 
 class ClassificationTask:
@@ -57,6 +58,9 @@ class ClassificationTask:
 
     def input_size(self, image_size: int):
         return (3, image_size, image_size)
+
+    def build_train_loader(self, dataset, batch_size, dist_info, seed, num_workers=0, pin_memory=False):
+        return build_train_loader(dataset, batch_size, dist_info, seed, num_workers, pin_memory, self.collate_fn)
 
     def move_batch(self, batch, device, memory_format=torch.contiguous_format, train=True):
         images, targets = batch

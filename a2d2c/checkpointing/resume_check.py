@@ -15,14 +15,14 @@ batch, the accumulation and the number of processes must be those that consumed 
 """
 from __future__ import annotations
 
-from a2d2c.utils.errors import ConfigError
+from a2d2c.errors import ConfigError
 
 IGNORED = ("trainer.resume", "trainer.resume_allow", "trainer.progress_bar", "trainer.log_every",
            "trainer.keep_last", "trainer.checkpoint_every_steps", "trainer.eval_batch_size", "trainer.device",
            "logger", "dataset.root", "dataset.num_workers", "dataset.download", "dataset.bad_images",
            "recipe")
 FIXED = ("backbone", "conv", "detector", "dataset", "task", "seed")
-# The batch geometry a mid-epoch checkpoint needs again (BatchScaling fields, a2d2c/utils/batch_scaling.py).
+# The batch geometry a mid-epoch checkpoint needs again (BatchScaling fields, a2d2c/engine/batch_scaling.py).
 EPOCH_REPLAY = ("per_device_batch", "accum_steps", "world_size")
 
 

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from a2d2c.utils.errors import ConfigError
+from a2d2c.checkpointing.config_upgrade import upgrade_saved_configs
+from a2d2c.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +177,7 @@ def load_checkpoint(path, map_location="cpu", require=("model", "config")) -> di
     if expected is not None and state_digest(state) != expected:
         raise CheckpointError(f"checkpoint {path} is corrupt: its content does not match its checksum")
     check_format(state, path, require)
+    upgrade_saved_configs(state)  # after the checksum: it covers the file as written
     return state
 
 
@@ -194,7 +196,7 @@ def check_format(state: dict, path, require) -> None:
 def remove_stale_temp_files(directory) -> int:
     """Delete the temp files (`.<name>.*.tmp`) of writes that a kill interrupted; returns how many.
 
-    Call it only while no other process writes to `directory` (the run dir's lock, a2d2c/utils/run_dir.py).
+    Call it only while no other process writes to `directory` (the run dir's lock, a2d2c/cli/run_dir.py).
     """
     directory = Path(directory)
     stale = [p for p in directory.glob(".*.tmp") if p.is_file()] if directory.is_dir() else []

@@ -20,8 +20,8 @@ from typing import Optional
 
 import torch
 
-from .eager_formulas import mix_responses_eager
-from .kernel_health import HEALTH, compare
+from .eager import mix_responses_eager
+from .health import HEALTH, compare
 from .triton_support import (capturing_graph, fused_responses_enabled, response_blocks, response_layout, tl, triton,
                               triton_runs_on)
 
@@ -161,7 +161,7 @@ def eager_mix_backward(responses, attn, bias, grad_y, needs):
 
 
 def fused_mix(responses: torch.Tensor, attn: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """sum_k attn_k (R_k + b_k) in one pass; same contract as ``functional.mix_responses``."""
+    """sum_k attn_k (R_k + b_k) in one pass; same contract as ``dispatch.mix_responses``."""
     return _FusedMix.apply(responses, attn, bias)
 
 

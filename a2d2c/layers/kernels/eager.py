@@ -1,6 +1,6 @@
 """The K-responses pipeline's two formulas in plain tensor ops: the reference the fused Triton
 kernels are checked against (kernel_health.py), their fallback, and what torch.compile and ONNX
-export see. ``functional.mix_responses`` and ``kernel_attention.response_evidence`` choose between
+export see. ``dispatch.mix_responses`` and ``dispatch.response_evidence`` choose between
 these and the kernels; the kernel modules import them from here.
 """
 from __future__ import annotations

@@ -17,7 +17,7 @@ def _recover_reraised_message(message: str):
     if header is None:
         return None
     name, where = header.groups()
-    # The traceback ends with "a2d2c.utils.errors.ConfigError: <message>"; a chained cause comes before it.
+    # The traceback ends with "a2d2c.errors.ConfigError: <message>"; a chained cause comes before it.
     last = None
     for last in re.finditer(rf"^(?:[\w.]+\.)?{name}: ", message, re.MULTILINE):
         pass

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from .eager_formulas import response_evidence_eager
-from .kernel_health import HEALTH, compare
+from .eager import response_evidence_eager
+from .health import HEALTH, compare
 from .triton_support import (capturing_graph, fused_responses_enabled, response_blocks, response_layout, tl, triton,
                               triton_runs_on)
 
@@ -117,7 +117,7 @@ def _eager_backward(ctx, grad_evidence):
 
 
 def fused_evidence(responses: torch.Tensor) -> torch.Tensor:
-    """B x K x O x H x W -> B x 2K x H x W; same contract as ``kernel_attention.response_evidence``."""
+    """B x K x O x H x W -> B x 2K x H x W; same contract as ``dispatch.response_evidence``."""
     return _FusedEvidence.apply(responses)
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from .kernel_health import HEALTH, compare
+from .health import HEALTH, compare
 from .triton_support import tl, triton, triton_runs_on
 
 

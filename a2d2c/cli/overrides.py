@@ -11,7 +11,7 @@ from hydra.core.override_parser.types import OverrideType
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from a2d2c.utils.errors import find_config_error
+from a2d2c.errors import find_config_error
 
 USAGE_ERROR = 2
 

@@ -3,7 +3,7 @@ from collections import defaultdict, deque
 
 import torch
 
-from a2d2c.utils.distributed import all_reduce_sum
+from a2d2c.distributed.process_group import all_reduce_sum
 
 
 def _to_float(value) -> float:

@@ -14,7 +14,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.distributed.nn.functional import all_reduce as differentiable_all_reduce
 
-from a2d2c.utils.launch_env import slurm_environment
+from a2d2c.distributed.launch_env import slurm_environment
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .functional import aggregate_kernels
-from .kernel_health import HEALTH
+from ..functional import aggregate_kernels
+from .health import HEALTH
 from .per_sample_conv import per_sample_conv, per_sample_conv_backward
 
 

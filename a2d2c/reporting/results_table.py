@@ -4,7 +4,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from a2d2c.utils.errors import ConfigError
+from a2d2c.errors import ConfigError
 
 CONV_ORDER = ("static", "dynamic", "a2d2c", "a2d2c_plus")
 PRIMARY_METRICS = ("top1", "AP")  # classification, detection: the first one a run has is its metric

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from a2d2c.utils.errors import ConfigError
+from a2d2c.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 # Hydra's keys that change what instantiate does; `_args_` and an unknown `_target_` are how a

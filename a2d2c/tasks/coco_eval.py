@@ -21,7 +21,7 @@ import torch.distributed as dist
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from a2d2c.utils.distributed import all_gather_object, is_distributed
+from a2d2c.distributed.process_group import all_gather_object, is_distributed
 
 COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # COCOeval.stats[0:6]
 

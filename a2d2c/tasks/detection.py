@@ -1,15 +1,17 @@
 """Object detection: the detector, its loss dict and COCO bbox evaluation, for the shared Trainer.
 
-Same interface as ClassificationTask. Batches are (list of images, list of targets), as
+Same interface as ClassificationTask (tasks/base.py). Batches are (list of images, list of targets), as
 torchvision's detectors take them; a training step returns the sum of the detector's losses
 and each loss as a metric; evaluation returns COCO AP (pycocotools), exact under DDP.
 """
 import torch
 import torch.nn as nn
 
+from a2d2c.data.aspect_ratio import build_grouped_train_loader
 from a2d2c.data.coco import detection_collate, find_detection_dataset
-from a2d2c.engine.coco_eval import CocoEvaluator
-from a2d2c.utils.errors import ConfigError
+from a2d2c.data.loader import build_train_loader
+from a2d2c.tasks.coco_eval import CocoEvaluator
+from a2d2c.errors import ConfigError
 
 
 class DetectionTask:
@@ -18,9 +20,11 @@ class DetectionTask:
     collate_fn = staticmethod(detection_collate)
     primary_metric = "AP"
 
-    def __init__(self, model, conv_options=None):
+    def __init__(self, model, conv_options=None, aspect_ratio_group_factor: int = -1):
         self.model_factory = model
         self.conv_options = dict(conv_options or {})
+        # >= 0: batch images of similar aspect ratio together (torchvision's references; -1: off)
+        self.aspect_ratio_group_factor = aspect_ratio_group_factor
 
     def build_model(self) -> nn.Module:
         try:
@@ -40,6 +44,12 @@ class DetectionTask:
     def input_size(self, image_size: int):
         """What one image looks like for counting params / MAdds: square, `image_size` px (the detector resizes it)."""
         return (3, image_size, image_size)
+
+    def build_train_loader(self, dataset, batch_size, dist_info, seed, num_workers=0, pin_memory=False):
+        if self.aspect_ratio_group_factor >= 0:
+            return build_grouped_train_loader(dataset, batch_size, dist_info, seed, num_workers, pin_memory,
+                                              self.collate_fn, group_factor=self.aspect_ratio_group_factor)
+        return build_train_loader(dataset, batch_size, dist_info, seed, num_workers, pin_memory, self.collate_fn)
 
     def move_batch(self, batch, device, memory_format=torch.contiguous_format):
         # The detector pads and stacks the images itself, so `memory_format` applies to its weights only.

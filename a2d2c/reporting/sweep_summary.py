@@ -4,7 +4,7 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
-from a2d2c.utils.launch_env import env_rank
+from a2d2c.distributed.launch_env import env_rank
 
 log = logging.getLogger(__name__)
 
@@ -13,7 +13,7 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config, **kwargs):
         if env_rank() != 0:  # under torchrun every rank runs the sweep; rank 0 writes
             return
-        from a2d2c.utils.results_table import load_runs, markdown_table  # not loaded for single runs
+        from a2d2c.reporting.results_table import load_runs, markdown_table  # not loaded for single runs
 
         sweep_dir = Path(config.hydra.sweep.dir)
         runs = load_runs([sweep_dir])

@@ -10,10 +10,10 @@ from typing import Callable, NamedTuple
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from a2d2c.utils.batch_scaling import LR_RULES
-from a2d2c.utils.errors import ConfigError
+from a2d2c.engine.batch_scaling import LR_RULES
+from a2d2c.errors import ConfigError
 
-AMP_CHOICES = (None, "bf16", "fp16")  # the keys of trainer.AMP_DTYPES, kept here so this module needs no torch
+AMP_CHOICES = (None, "bf16", "fp16")  # the keys of engine/build.py AMP_DTYPES, kept here so this module needs no torch
 EVAL_NEEDS_CHECKPOINT = "eval.py needs checkpoint=<path to a .pt file a run wrote, e.g. outputs/<run>/checkpoints/best.pt>"
 
 

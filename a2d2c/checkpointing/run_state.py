@@ -5,9 +5,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from a2d2c.engine.resume_check import check_resume
-from a2d2c.utils import checkpoint as ckpt
-from a2d2c.utils.errors import ConfigError
+from a2d2c.checkpointing.resume_check import check_resume
+from a2d2c.checkpointing import files as ckpt
+from a2d2c.distributed.process_group import all_gather_object
+from a2d2c.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,29 @@ def capture_run_state(trainer, metrics: dict, rng: list) -> dict:
         "class_map": trainer.class_map,  # the training split's classes, in label order (None: fixed by the dataset)
         "resume_history": trainer.resume_history,
     }
+
+
+def save_run_checkpoint(trainer, metrics: dict, is_best: bool):
+    """Write `step-<step>.pt`, publish it as last.pt (and best.pt), keep the newest trainer.keep_last.
+
+    Called at the end of an epoch (batches_done = 0) and, for recovery, between updates; collective
+    under DDP (every rank's RNG state is gathered, rank 0 writes). Returns the numbered checkpoint's path.
+    """
+    trainer.divergence.check(trainer.last_checkpoint)
+    trainer.divergence.check_weights(trainer.model, trainer.epoch, trainer.step, trainer.last_checkpoint)
+    directory = trainer.output_dir / "checkpoints"
+    path = ckpt.numbered_checkpoint_path(directory, trainer.step)
+    rng = all_gather_object(ckpt.capture_rng_state())
+    if not trainer.dist.is_main:
+        trainer.last_checkpoint = path
+        return path
+    ckpt.save_checkpoint(capture_run_state(trainer, metrics, rng), path)
+    ckpt.copy_checkpoint(path, directory / "last.pt")
+    if is_best:
+        ckpt.copy_checkpoint(path, directory / "best.pt")
+    trainer.last_checkpoint = path  # only once it is on disk: error messages point users at it
+    ckpt.prune_checkpoints(directory, trainer.cfg.trainer.keep_last)
+    return path
 
 
 def resume_run(trainer, resume, asked: bool = True) -> None:

@@ -2,7 +2,7 @@
 import math
 from dataclasses import asdict, dataclass
 
-from a2d2c.utils.errors import ConfigError
+from a2d2c.errors import ConfigError
 
 LR_RULES = {"none": lambda ratio: 1.0, "linear": lambda ratio: ratio, "sqrt": math.sqrt}
 
