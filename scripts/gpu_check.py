@@ -25,8 +25,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
 from benchmark import add_ratios, bench_models  # noqa: E402
 
-CUDA_TESTS = ("tests/test_layers_cuda.py", "tests/test_per_sample_conv.py", "tests/test_fused_mix.py",
-              "tests/test_fused_evidence.py", "tests/test_kernel_fallback.py", "tests/test_gpu_decode.py")
+CUDA_TESTS = ("tests/layers/test_layers_cuda.py", "tests/layers/kernels/test_per_sample_conv.py",
+              "tests/layers/kernels/test_fused_mix.py", "tests/layers/kernels/test_fused_evidence.py",
+              "tests/layers/kernels/test_kernel_fallback.py", "tests/data/test_gpu_decode.py")
 
 # (conv type, backbone) -> (least training throughput, most peak memory), both against static in the
 # same process: H100-class GPU, bf16 autocast, channels_last, batch 256, 224x224 (docs/benchmarks.md).

@@ -15,8 +15,8 @@ export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/device.txt"
 python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$out/device.txt"
 
-python -m pytest -q -m gpu tests/test_layers_cuda.py tests/test_per_sample_conv.py tests/test_fused_mix.py \
-    tests/test_fused_evidence.py tests/test_gpu_decode.py 2>&1 | tail -n 40 | tee "$out/gpu_tests.txt"
+python -m pytest -q -m gpu tests/layers/test_layers_cuda.py tests/layers/kernels/test_per_sample_conv.py tests/layers/kernels/test_fused_mix.py \
+    tests/layers/kernels/test_fused_evidence.py tests/data/test_gpu_decode.py 2>&1 | tail -n 40 | tee "$out/gpu_tests.txt"
 
 python scripts/benchmark.py --models resnet18 mobilenetv2_x1_0 --layers --batch 256 --dtype bf16 \
     --channels-last --reference --eager-mix --paths aggregate unfold triton responses tune \
