@@ -74,7 +74,7 @@ def test_data_benchmark_runs_on_cpu(tmp_path):
 def test_imagenet_training_with_either_decode_path(tmp_path, decode):
     """dataset=imagenet on an ImageFolder of JPEGs, both pipelines, through the real Trainer."""
     from a2d2c.engine.trainer import Trainer
-    from train_utils import QUIET, compose_config
+    from helpers.train_utils import QUIET, compose_config
     rng = np.random.default_rng(0)
     for split in ("train", "val"):
         for cls in ("n01", "n02"):

@@ -118,7 +118,7 @@ def test_init_weights_errors_are_one_line(tmp_path):
 def test_init_weights_from_the_config(tmp_path, image):
     from hydra.utils import instantiate
 
-    from train_utils import compose_config
+    from helpers.train_utils import compose_config
 
     static = randomise_batch_norm(resnet18(num_classes=10)).eval()
     torch.save(static.state_dict(), tmp_path / "r18.pth")
