@@ -2,8 +2,8 @@
 
 __version__ = "0.1.0"
 
-from a2d2c.distributed.launch_env import register_start_time_resolver
 from a2d2c.cli.run_dir import register_run_stamp_resolver
+from a2d2c.distributed.launch_env import register_start_time_resolver
 
 # configs/hydra/output names run dirs with ${run_stamp:} and sweep dirs with ${start_time:...};
 # registered on import, so any composition of the configs (train.py, hydra's compose API, a job

@@ -32,8 +32,8 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from a2d2c.errors import ConfigError
 from a2d2c.distributed.launch_env import env_rank, job_start_time
+from a2d2c.errors import ConfigError
 
 LOCK_NAME = "run.lock"
 RECORD_NAME = "run.json"

@@ -4,13 +4,13 @@ from pathlib import Path
 
 import torch
 
-from a2d2c.data.class_map import dataset_class_map
-from a2d2c.engine.build import amp_dtype_from_config, build_eval_data, build_task, memory_format_from_config
-from a2d2c.layers import set_temperature
 from a2d2c.checkpointing import files as ckpt
-from a2d2c.distributed.process_group import DistInfo, resolve_device
-from a2d2c.errors import ConfigError
 from a2d2c.checkpointing.saved_config import load_saved_config
+from a2d2c.data.class_map import dataset_class_map
+from a2d2c.distributed.process_group import DistInfo, resolve_device
+from a2d2c.engine.build import amp_dtype_from_config, build_eval_data, build_task, memory_format_from_config
+from a2d2c.errors import ConfigError
+from a2d2c.layers import set_temperature
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ import torch
 import torch.nn as nn
 
 from .functional import conv_responses
-from .kernels.dispatch import mix_responses, recomputed_mix
 from .kernel_attention import KernelAttention, LocalKernelAttention
+from .kernels.dispatch import mix_responses, recomputed_mix
 from .mixture_conv import IntOrPair, MixtureConv2d, init_like_conv2d_
 
 

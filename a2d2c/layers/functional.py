@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 
 
-
 def to_2tuple(v) -> Tuple[int, int]:
     if isinstance(v, (tuple, list)):
         if len(v) != 2:

@@ -10,8 +10,8 @@ import torch.nn as nn
 from a2d2c.data.aspect_ratio import build_grouped_train_loader
 from a2d2c.data.coco import detection_collate, find_detection_dataset
 from a2d2c.data.loader import build_train_loader
-from a2d2c.tasks.coco_eval import CocoEvaluator
 from a2d2c.errors import ConfigError
+from a2d2c.tasks.coco_eval import CocoEvaluator
 
 
 class DetectionTask:
