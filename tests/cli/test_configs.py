@@ -5,11 +5,14 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from a2d2c.config_checks import check_train_config
 from a2d2c.engine.trainer import Trainer
+from helpers.config_files import own_values, selected_groups, values_at
 from helpers.train_utils import CONFIG_DIR, QUIET, compose_config
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 CONVS = ("static", "dynamic", "a2d2c", "a2d2c_plus")
+SOURCES = ("dyconv", "odconv", "torchvision", "ours")  # the DyConv paper, ODConv's code, torchvision, this project
 
 
 def test_experiment_folder_has_the_required_presets():
@@ -134,11 +137,35 @@ def test_cifar100_presets_differ_only_in_the_conv_type(conv):
     assert cfg.task.model.name == "resnet18"
 
 
-@pytest.mark.parametrize("group", ["backbone", "conv", "dataset", "optimizer", "scheduler", "trainer", "logger"])
-def test_every_group_option_composes(group):
+@pytest.mark.parametrize("group", ["backbone", "conv", "dataset", "detector", "optimizer", "scheduler", "trainer",
+                                   "logger"])
+def test_every_group_option_composes_with_its_own_values(group):
+    # Each value the option's file sets (and the recipe a dataset brings, @_global_ in its defaults) is what
+    # the composed config holds: nothing composed later overrides it. And the Trainer's checks pass.
     for option in sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml")):
         cfg = compose_config(f"{group}={option}")
-        assert cfg.trainer.epochs > 0
+        assert values_at(cfg, own_values(CONFIG_DIR / group / f"{option}.yaml")) == {}, option
+        check_train_config(cfg)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_preset_selects_what_its_name_and_defaults_say(experiment):
+    # <source>_<dataset>_<model>_<conv>, the groups its defaults list selects (through the presets it
+    # includes), and its own values, none overridden by what is composed after them.
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+    choices = cfg.hydra.runtime.choices
+    selected = selected_groups(CONFIG_DIR / "experiment", experiment)
+    assert {"backbone", "conv", "dataset"} <= set(selected)
+    assert {group: choices[group] for group in selected} == selected
+    source, dataset, model_conv = experiment.split("_", 2)
+    conv = max((c for c in CONVS if model_conv.endswith(f"_{c}")), key=len)
+    assert source in SOURCES and (dataset, conv) == (choices.dataset, choices.conv) == (cfg.dataset.name, cfg.conv.type)
+    del cfg.hydra
+    assert values_at(cfg, own_values(CONFIG_DIR / "experiment" / f"{experiment}.yaml")) == {}
+    check_train_config(cfg)
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw", "rmsprop"])
