@@ -69,7 +69,7 @@ class Rule(NamedTuple):
 
 
 # A key under a node that is null is skipped: the node's own rule says whether null is allowed
-# (trainer.temperature=null turns annealing off). Nodes come before their keys.
+# (conv.tau_schedule=null turns annealing off). Nodes come before their keys.
 TRAIN_RULES = (
     Rule("seed", whole(0), "a whole number >= 0"),
     Rule("trainer", node, "a node of trainer settings"),
@@ -93,14 +93,6 @@ TRAIN_RULES = (
     Rule("trainer.ema.enabled", boolean, "true or false"),
     Rule("trainer.ema.decay", number(0, 1, low_open=True), "a number in (0, 1), e.g. 0.9998"),
     Rule("trainer.ema.use_warmup", boolean, "true or false"),
-    Rule("trainer.temperature", or_null(node), "null (no annealing) or a node with start, end and epochs or fraction"),
-    Rule("trainer.temperature.start", number(0, low_open=True), "a finite number > 0"),
-    Rule("trainer.temperature.end", number(0, low_open=True), "a finite number > 0"),
-    # The length: exactly one of epochs and fraction (check_train_config), the other null.
-    Rule("trainer.temperature.epochs", or_null(number(0)), "null or a finite number >= 0 (fractions allowed)"),
-    Rule("trainer.temperature.fraction", or_null(number(0, 1, high_open=False)),
-         "null or a number in [0, 1] (of trainer.epochs)"),
-    Rule("trainer.temperature.from_weights", boolean, "true or false", optional=True),
     Rule("trainer.monitor", or_null(text), "null (the task's metric) or a metric name, e.g. top1"),
     Rule("trainer.resume", or_null(text), "null, auto or the path of a checkpoint"),
     # A bare string would be read letter by letter as a list of keys.
@@ -115,6 +107,20 @@ TRAIN_RULES = (
     Rule("optimizer.momentum", number(0, 1), "a number in [0, 1)", optional=True),
 )
 
+# τ's schedule (engine/temperature_schedule.py), read only for a conv type with a τ: under conv=static the
+# node is null, or holds what a preset wrote for the dynamic types that include it, and is never read.
+TAU_RULES = (
+    Rule("conv.tau_schedule", or_null(node), "null (no annealing) or a node with start, end and epochs or fraction"),
+    Rule("conv.tau_schedule.start", number(0, low_open=True), "a finite number > 0"),
+    Rule("conv.tau_schedule.end", number(0, low_open=True), "a finite number > 0"),
+    # The length: exactly one of epochs and fraction (check_train_config), the other null.
+    Rule("conv.tau_schedule.epochs", or_null(number(0)), "null or a finite number >= 0 (fractions allowed)"),
+    Rule("conv.tau_schedule.fraction", or_null(number(0, 1, high_open=False)),
+         "null or a number in [0, 1] (of trainer.epochs)"),
+    Rule("conv.tau_schedule.from_weights", boolean, "true or false", optional=True),
+)
+STATIC_CONV = "static"  # the conv type without a τ (configs/conv/static.yaml)
+
 EVAL_RULES = (
     Rule("checkpoint", text, "the path of a .pt file a run wrote"),
     Rule("ema", boolean, "true or false"),
@@ -124,9 +130,13 @@ EVAL_RULES = (
 
 # Where a key's default lives, by its first part.
 WHERE = {"trainer": "configs/trainer/default.yaml", "optimizer": "configs/optimizer/",
-         "seed": "configs/train.yaml"}
+         "seed": "configs/train.yaml", "conv": "configs/conv/"}
 
 _ABSENT, _MISSING, _NO_NODE = object(), object(), object()
+
+
+def _where(key: str) -> str:
+    return WHERE[key.split(".")[0]]
 
 
 def _lookup(cfg, key: str):
@@ -175,13 +185,20 @@ def check_train_config(cfg: DictConfig) -> None:
     if _is_int(epochs) and epochs < 1:  # a count, but of nothing: the user probably wants to evaluate
         raise ConfigError(f"trainer.epochs={epochs} trains nothing; use a count >= 1 "
                           f"(to score a checkpoint, run eval.py checkpoint=<path>)")
-    _apply(cfg, TRAIN_RULES, lambda key: WHERE[key.split(".")[0]])
+    _apply(cfg, TRAIN_RULES, _where)
     check_recipe(cfg)
-    tau = _lookup(cfg, "trainer.temperature")
+    if _lookup(cfg, "conv.type") != STATIC_CONV:  # a static model has no τ: its conv.tau_schedule is not read
+        check_tau_schedule(cfg)
+
+
+def check_tau_schedule(cfg: DictConfig) -> None:
+    """conv.tau_schedule's values, and a length given exactly once (epochs or fraction)."""
+    _apply(cfg, TAU_RULES, _where)
+    tau = _lookup(cfg, "conv.tau_schedule")
     if isinstance(tau, DictConfig) and (tau.epochs is None) == (tau.fraction is None):
-        raise ConfigError(f"trainer.temperature has epochs={_shown(tau.epochs)} and fraction={_shown(tau.fraction)}: "
+        raise ConfigError(f"conv.tau_schedule has epochs={_shown(tau.epochs)} and fraction={_shown(tau.fraction)}: "
                           f"set exactly one (an epoch count, or a fraction of trainer.epochs), the other null "
-                          f"({WHERE['trainer']})")
+                          f"({WHERE['conv']})")
 
 
 def check_recipe(cfg: DictConfig) -> None:

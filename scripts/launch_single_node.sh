@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # DDP on every GPU of this machine (or of the current SLURM allocation's node) through torchrun.
-#   scripts/launch_single_node.sh experiment=dyconv_imagenet_resnet18 dataset.root=/data/imagenet
+#   scripts/launch_single_node.sh experiment=dyconv_imagenet_resnet18_dynamic dataset.root=/data/imagenet
 #   NPROC=4 scripts/launch_single_node.sh ...        # only 4 processes (GPUs)
 # Arguments are train.py's Hydra overrides. Without GPUs NPROC defaults to 1 (CPU, gloo).
 set -euo pipefail

@@ -16,6 +16,7 @@ MOVED_TARGETS = {
     "a2d2c.utils.sweep_summary.SweepSummary": "a2d2c.reporting.sweep_summary.SweepSummary",
 }
 DETECTION_TASK = "a2d2c.tasks.detection.DetectionTask"
+STATIC_CONV = "static"  # no τ: its tau_schedule is null (configs/conv/static.yaml)
 
 
 def _retarget(node):
@@ -38,7 +39,18 @@ def upgrade_config(config: dict, resolved: bool = True) -> dict:
         dataset = config.get("dataset") if isinstance(config.get("dataset"), dict) else {}
         task["aspect_ratio_group_factor"] = (dataset.get("aspect_ratio_group_factor", -1) if resolved
                                              else "${oc.select:dataset.aspect_ratio_group_factor,-1}")
+    _move_tau_schedule(config)
     return config
+
+
+def _move_tau_schedule(config: dict) -> None:
+    """τ's schedule moved from `trainer.temperature` to `conv.tau_schedule` (null for a static conv, which has no τ)."""
+    trainer, conv = config.get("trainer"), config.get("conv")
+    if not isinstance(trainer, dict) or "temperature" not in trainer or not isinstance(conv, dict):
+        return
+    schedule = trainer.pop("temperature")
+    if "tau_schedule" not in conv:
+        conv["tau_schedule"] = None if conv.get("type") == STATIC_CONV else schedule
 
 
 def upgrade_saved_configs(state: dict) -> None:

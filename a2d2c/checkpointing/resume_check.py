@@ -8,7 +8,9 @@ configs before loading anything sorts every difference into one of three kinds:
 - fixed: the model and its data; a checkpoint of one cannot continue as another;
 - everything else (epochs, LR, schedule, τ annealing, batch at an epoch boundary, ...) is applied
   for real, but only when the user lists it in `trainer.resume_allow`, so that a resume with a
-  stale or mistyped command never changes a run quietly.
+  stale or mistyped command never changes a run quietly. τ's schedule lives in the conv node
+  (`conv.tau_schedule`) but is training, not model: it is of this kind, not fixed. A static
+  model has no τ, so what its conv node says about τ is not compared at all.
 
 Mid-epoch the rest of the epoch is replayed from the sampler's position, so the per-process
 batch, the accumulation and the number of processes must be those that consumed the first part.
@@ -22,6 +24,8 @@ IGNORED = ("trainer.resume", "trainer.resume_allow", "trainer.progress_bar", "tr
            "logger", "dataset.root", "dataset.num_workers", "dataset.download", "dataset.bad_images",
            "recipe")
 FIXED = ("backbone", "conv", "detector", "dataset", "task", "seed")
+# τ's schedule: under the fixed conv node, but how the run trains, so applied when listed in trainer.resume_allow.
+TAU_SCHEDULE, STATIC_CONV = "conv.tau_schedule", "static"
 # The batch geometry a mid-epoch checkpoint needs again (BatchScaling fields, a2d2c/engine/batch_scaling.py).
 EPOCH_REPLAY = ("per_device_batch", "accum_steps", "world_size")
 
@@ -50,11 +54,19 @@ def _leaves(node, prefix: str = "") -> dict:
     return leaves
 
 
+def _conv_type(config: dict):
+    conv = config.get("conv")
+    return conv.get("type") if isinstance(conv, dict) else None
+
+
 def config_changes(saved: dict, current: dict) -> dict:
     """{key: (checkpoint's value, this run's value)} for every leaf that differs, ignored keys left out."""
     old, new = _leaves(saved), _leaves(current)
+    ignored = IGNORED
+    if _conv_type(saved) == _conv_type(current) == STATIC_CONV:  # no τ: a preset's tau_schedule is never read
+        ignored = (*IGNORED, TAU_SCHEDULE)
     return {key: (old.get(key, UNSET), new.get(key, UNSET)) for key in sorted(old.keys() | new.keys())
-            if old.get(key, UNSET) != new.get(key, UNSET) and not _under(key, IGNORED)}
+            if old.get(key, UNSET) != new.get(key, UNSET) and not _under(key, ignored)}
 
 
 def _listed(changes: dict) -> str:
@@ -67,7 +79,7 @@ def check_resume(saved_cfg: dict, cfg: dict, saved_batch, batch: dict, state: di
     `saved_batch` and `batch` are BatchScaling dicts (the checkpoint's, None for an older format, and this run's).
     """
     changes = config_changes(saved_cfg, cfg)
-    fixed = {k: v for k, v in changes.items() if _under(k, FIXED)}
+    fixed = {k: v for k, v in changes.items() if _under(k, FIXED) and not _under(k, (TAU_SCHEDULE,))}
     if fixed:
         raise ConfigError(f"cannot resume {path} as another model or dataset: {_listed(fixed)}; resume with the "
                           f"checkpoint's values, or start a new run without trainer.resume")

@@ -15,6 +15,36 @@ from a2d2c.errors import find_config_error
 
 USAGE_ERROR = 2
 
+# configs/experiment/ presets, renamed to one scheme, <source>_<dataset>_<model>_<conv>: the old name of
+# a preset is one line naming the new one (check_group_choices), not an unknown choice.
+RENAMED_PRESETS = {
+    "cifar100_resnet18_a2d2c": "ours_cifar100_resnet18_a2d2c",
+    "cifar100_resnet18_a2d2c_plus": "ours_cifar100_resnet18_a2d2c_plus",
+    "cifar100_resnet18_dynamic": "ours_cifar100_resnet18_dynamic",
+    "cifar100_resnet18_static": "ours_cifar100_resnet18_static",
+    "coco_fasterrcnn_r50_fpn_1x_a2d2c": "torchvision_coco_fasterrcnn_r50_fpn_1x_a2d2c",
+    "coco_fasterrcnn_r50_fpn_1x_a2d2c_plus": "torchvision_coco_fasterrcnn_r50_fpn_1x_a2d2c_plus",
+    "coco_fasterrcnn_r50_fpn_1x_dynamic": "torchvision_coco_fasterrcnn_r50_fpn_1x_dynamic",
+    "coco_fasterrcnn_r50_fpn_1x_static": "torchvision_coco_fasterrcnn_r50_fpn_1x_static",
+    "coco_retinanet_r50_fpn_1x": "torchvision_coco_retinanet_r50_fpn_1x_static",
+    "dyconv_imagenet_mobilenetv2_x0_35": "dyconv_imagenet_mobilenetv2_x0_35_dynamic",
+    "dyconv_imagenet_mobilenetv2_x0_5": "dyconv_imagenet_mobilenetv2_x0_5_dynamic",
+    "dyconv_imagenet_mobilenetv2_x0_75": "dyconv_imagenet_mobilenetv2_x0_75_dynamic",
+    "dyconv_imagenet_mobilenetv2_x1_0": "dyconv_imagenet_mobilenetv2_x1_0_dynamic",
+    "dyconv_imagenet_mobilenetv3_small": "dyconv_imagenet_mobilenetv3_small_dynamic",
+    "dyconv_imagenet_resnet10": "dyconv_imagenet_resnet10_dynamic",
+    "dyconv_imagenet_resnet18": "dyconv_imagenet_resnet18_dynamic",
+    "odconv_imagenet_mobilenetv2_x0_5": "odconv_imagenet_mobilenetv2_x0_5_dynamic",
+    "odconv_imagenet_mobilenetv2_x0_75": "odconv_imagenet_mobilenetv2_x0_75_dynamic",
+    "odconv_imagenet_mobilenetv2_x1_0": "odconv_imagenet_mobilenetv2_x1_0_dynamic",
+    "odconv_imagenet_resnet18": "odconv_imagenet_resnet18_dynamic",
+    "odconv_imagenet_resnet50": "odconv_imagenet_resnet50_dynamic",
+}
+RENAMED_CHOICES = {"experiment": RENAMED_PRESETS}
+# Keys of configs/train.yaml that moved (and their subkeys with them): one line naming the new key.
+# τ's schedule went to the conv group, since only a dynamic conv type has a τ.
+MOVED_KEYS = {"trainer.temperature": "conv.tau_schedule"}
+
 
 def fail(message: str):
     print(f"error: {message}", file=sys.stderr)
@@ -37,7 +67,8 @@ def check_group_choices(config_dir, argv):
     """Reject `backbone=resnet81`-style choices before Hydra does, with one line listing the valid options.
 
     Hydra's own message spans a dozen lines (search path included). Only plain choices and
-    comma sweeps of config groups are checked here; anything else is left to Hydra.
+    comma sweeps of config groups are checked here; anything else is left to Hydra. A preset's old
+    name (RENAMED_PRESETS) names the new one.
     """
     config_dir = Path(config_dir)
     args = [a for a in argv if "=" in a and not a.startswith("-")]
@@ -51,7 +82,10 @@ def check_group_choices(config_dir, argv):
             continue
         choices = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.get_value_element_as_str()]
         valid = sorted(p.stem for p in (config_dir / group).glob("*.yaml"))
+        renamed = RENAMED_CHOICES.get(group, {})
         for choice in choices:
+            if choice in renamed and choice not in valid:
+                fail(f"{group}={choice} was renamed to {renamed[choice]}")
             if choice not in valid and choice != "null":
                 fail(f"unknown {group} '{choice}'{_did_you_mean(choice, valid)}; valid: {', '.join(valid)} "
                      f"(files in {config_dir / group}/)")
@@ -67,7 +101,8 @@ def check_override_keys(config_dir, config_name, argv):
 
     The config is composed from the group choices of `argv` (so keys an experiment adds count),
     then each `key=value` override is looked up in it. Appends (`+key=`), deletions, Hydra's own
-    keys, sweeps over a group and anything that does not compose are left to Hydra.
+    keys, sweeps over a group and anything that does not compose are left to Hydra; a key that
+    moved (MOVED_KEYS, train.py's config) is refused in any of these forms, naming the new key.
     """
     config_dir = Path(config_dir)
     args = [a for a in argv if "=" in a and not a.startswith("-")]
@@ -75,6 +110,9 @@ def check_override_keys(config_dir, config_name, argv):
         overrides = OverridesParser.create().parse_overrides(args)
     except Exception:
         return
+    if config_name == "train":
+        for override, arg in zip(overrides, args):
+            _refuse_moved_key(override.key_or_group, arg)
     group_choices, keys = [], []
     for override, arg in zip(overrides, args):
         name = override.key_or_group
@@ -105,6 +143,15 @@ def check_override_keys(config_dir, config_name, argv):
                      f"keys under {where or 'the top level'}: {', '.join(str(k) for k in node.keys())} "
                      f"(add a new key with +{key}=...)")
             node, path = node._get_node(part), [*path, part]  # without resolving: ??? and ${...} stay unread
+
+
+def _refuse_moved_key(key: str, arg: str) -> None:
+    """`trainer.temperature.epochs=10` (set, added or deleted) after the key moved: one line with the new key."""
+    for old, new in MOVED_KEYS.items():
+        if key == old or key.startswith(old + "."):
+            moved = new + key[len(old):]
+            sign, value = arg[:len(arg) - len(arg.lstrip("+~"))], arg.split("=", 1)[1]
+            fail(f"{key} was moved to {moved} (configs/{new.split('.')[0]}/); use {sign}{moved}={value}")
 
 
 def group_sweep_runs(cfg):

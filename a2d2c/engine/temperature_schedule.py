@@ -1,10 +1,11 @@
 """Which softmax temperature τ a run's dynamic layers use: annealed (DyConv), or kept from the starting weights.
 
-`trainer.temperature` (configs/trainer/default.yaml) anneals τ linearly from `start` to `end` over a length
-given either in epochs (`epochs: 10`) or as a fraction of the run (`fraction: 0.5` of trainer.epochs); exactly
-one of the two is set (config_checks.py says so in one line otherwise). A model that starts from a
-dynamic run's weights (detector.backbone_weights) carries that run's τ buffers: with `from_weights: true`
-(the default) it keeps that τ for the whole run instead of re-annealing from `start`.
+`conv.tau_schedule` (configs/conv/<dynamic type>.yaml; null in conv/static.yaml) anneals τ linearly from
+`start` to `end` over a length given either in epochs (`epochs: 10`) or as a fraction of the run
+(`fraction: 0.5` of trainer.epochs); exactly one of the two is set (config_checks.py says so in one line
+otherwise). A model that starts from a dynamic run's weights (detector.backbone_weights) carries that run's
+τ buffers: with `from_weights: true` (the default) it keeps that τ for the whole run instead of re-annealing
+from `start`. A static model has no τ: a tau_schedule a preset gave its conv node is ignored.
 """
 from __future__ import annotations
 
@@ -28,10 +29,10 @@ class TemperatureSchedule(NamedTuple):
     epochs: float  # the length of the annealing, in epochs (fractions allowed)
 
     @classmethod
-    def from_config(cls, tcfg: DictConfig) -> "TemperatureSchedule":
-        """From the trainer node: `temperature.epochs`, or `temperature.fraction` × `epochs`."""
-        t = tcfg.temperature
-        length = t.epochs if t.epochs is not None else t.fraction * tcfg.epochs
+    def from_config(cls, cfg: DictConfig) -> "TemperatureSchedule":
+        """From a run's config: `conv.tau_schedule.epochs`, or `conv.tau_schedule.fraction` × `trainer.epochs`."""
+        t = cfg.conv.tau_schedule
+        length = t.epochs if t.epochs is not None else t.fraction * cfg.trainer.epochs
         return cls(float(t.start), float(t.end), float(length))
 
     def at(self, epoch: float) -> float:
@@ -61,12 +62,15 @@ def weights_temperature(path) -> Optional[float]:
 def plan_temperature(cfg: DictConfig, model: torch.nn.Module, ema_model: Optional[torch.nn.Module] = None):
     """(schedule or None, τ the run keeps or None), τ already set on `model` (and `ema_model`).
 
-    None schedule: no annealing — a static model (no τ at all), trainer.temperature=null (the layers keep
-    theirs), or τ kept from the starting weights (returned, set on every dynamic layer, new ones included)."""
-    tcfg = cfg.trainer.temperature
-    if tcfg is None or not any(isinstance(m, MixtureConv2d) for m in model.modules()):
+    None schedule: no annealing — a static model (no τ at all: whatever conv.tau_schedule holds is not read),
+    conv.tau_schedule=null (the layers keep theirs), or τ kept from the starting weights (returned, set on
+    every dynamic layer, new ones included)."""
+    if not any(isinstance(m, MixtureConv2d) for m in model.modules()):
         return None, None
-    schedule = TemperatureSchedule.from_config(cfg.trainer)
+    tcfg = cfg.conv.get("tau_schedule")
+    if tcfg is None:
+        return None, None
+    schedule = TemperatureSchedule.from_config(cfg)
     weights = starting_weights(cfg)
     from_weights = tcfg.get("from_weights", True)
     kept = weights_temperature(weights[1]) if weights is not None and from_weights else None
@@ -74,7 +78,7 @@ def plan_temperature(cfg: DictConfig, model: torch.nn.Module, ema_model: Optiona
     for m in models:
         set_temperature(m, schedule.start if kept is None else kept)
     if kept is not None:
-        log.info("τ: kept at %g from %s=%s (trainer.temperature.from_weights=false anneals %g -> %g instead)",
+        log.info("τ: kept at %g from %s=%s (conv.tau_schedule.from_weights=false anneals %g -> %g instead)",
                  kept, *weights, schedule.start, schedule.end)
         return None, kept
     note = "" if weights is None else f" ({weights[0]}: {'no τ saved' if from_weights else 'from_weights=false'})"

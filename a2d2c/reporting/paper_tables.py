@@ -44,8 +44,9 @@ DYCONV_NOTES = {
 }
 
 
-# One preset per row of the paper's table (configs/experiment/dyconv_imagenet_<model>.yaml): the recipe
-# depends on the width (dropout, label smoothing, mixup), so rows are not made by swapping backbone=.
+# One preset per row of the paper's table (configs/experiment/dyconv_imagenet_<model>_dynamic.yaml, swept with
+# conv=static,dynamic for both rows): the recipe depends on the width (dropout, label smoothing, mixup), so
+# rows are not made by swapping backbone=.
 DYCONV_MODELS = ("resnet18", "resnet10", "mobilenetv2_x1_0", "mobilenetv2_x0_75", "mobilenetv2_x0_5",
                  "mobilenetv2_x0_35", "mobilenetv3_small")
 
@@ -86,7 +87,7 @@ TABLES = {
         "MobileNetV3-Small, with the DyConv paper's recipes as recalled (configs/experiment/dyconv_imagenet_*; "
         "the runs warn about the values not checked against the paper)",
         sweeps=(
-            ("experiment=" + ",".join(f"dyconv_imagenet_{m}" for m in DYCONV_MODELS), "conv=static,dynamic"),
+            ("experiment=" + ",".join(f"dyconv_imagenet_{m}_dynamic" for m in DYCONV_MODELS), "conv=static,dynamic"),
         ),
         reference=_dyconv_reference(),
         reference_setting=DYCONV_SETTING,
@@ -97,8 +98,8 @@ TABLES = {
         "A2D2C on ImageNet: the four conv types on ResNet-18 and MobileNetV2 x1.0/x0.5 with DyConv's recipes "
         "(the A2D2C paper publishes no numbers we have; DyConv's stand beside static and dynamic)",
         sweeps=(
-            ("experiment=dyconv_imagenet_resnet18", f"conv={CONV_TYPES}"),
-            ("experiment=dyconv_imagenet_mobilenetv2_x1_0,dyconv_imagenet_mobilenetv2_x0_5",
+            ("experiment=dyconv_imagenet_resnet18_dynamic", f"conv={CONV_TYPES}"),
+            ("experiment=dyconv_imagenet_mobilenetv2_x1_0_dynamic,dyconv_imagenet_mobilenetv2_x0_5_dynamic",
              f"conv={CONV_TYPES}"),
         ),
         reference=_dyconv_reference(),
@@ -108,13 +109,14 @@ TABLES = {
     "a2d2c_cifar100": PaperTable(
         "a2d2c_cifar100",
         "A2D2C on CIFAR-100: the four conv types on ResNet-18 and MobileNetV2 x1.0 (CIFAR stem), "
-        "recipe of configs/experiment/cifar100_resnet18_static.yaml",
-        sweeps=(("experiment=cifar100_resnet18_static", "backbone=resnet18,mobilenetv2_x1_0", f"conv={CONV_TYPES}"),),
+        "recipe of configs/experiment/ours_cifar100_resnet18_static.yaml",
+        sweeps=(("experiment=ours_cifar100_resnet18_static", "backbone=resnet18,mobilenetv2_x1_0",
+                 f"conv={CONV_TYPES}"),),
     ),
     "a2d2c_coco": PaperTable(
         "a2d2c_coco",
         "A2D2C on COCO 2017 detection: the four conv types in the ResNet-50 backbone of a Faster R-CNN FPN "
-        "detector, torchvision's 1x recipe (configs/dataset/coco.yaml)",
+        "detector, torchvision's 1x recipe (configs/experiment/recipe/torchvision_coco_1x.yaml, with dataset=coco)",
         sweeps=(("dataset=coco", "detector=fasterrcnn", "backbone=resnet50", f"conv={CONV_TYPES}"),),
         requires=("dataset/coco.yaml",),
     ),

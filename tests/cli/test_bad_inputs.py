@@ -12,10 +12,11 @@ from PIL import Image
 
 from a2d2c.data.imagenet import build_imagenet
 from a2d2c.data.tolerant_folder import TolerantImageFolder
+from a2d2c.cli.overrides import RENAMED_PRESETS, check_group_choices
 from a2d2c.layers import create_conv2d
 from a2d2c.errors import ConfigError
 from helpers.cli import assert_one_line_error
-from helpers.train_utils import QUIET, TINY, compose_config, run_script
+from helpers.train_utils import CONFIG_DIR, QUIET, TINY, compose_config, run_script
 
 
 # ----------------------------------------------------------------------------- config typos
@@ -34,6 +35,32 @@ def test_a_typo_in_a_key_or_choice_names_the_nearest_valid_one(override, fragmen
 def test_a_typo_in_an_eval_key_names_the_nearest_valid_one(tmp_path):
     proc = run_script("eval.py", "checkpont=run/best.pt", f"hydra.run.dir={tmp_path}")
     assert_one_line_error(proc, "unknown config key 'checkpont'", "did you mean 'checkpoint'?")
+
+
+# ------------------------------------------------------------- renamed presets and moved keys
+def test_an_old_preset_name_names_the_new_one_in_one_line(tmp_path):
+    proc = run_script("train.py", "experiment=dyconv_imagenet_resnet18", f"hydra.run.dir={tmp_path}")
+    assert_one_line_error(proc, "experiment=dyconv_imagenet_resnet18 was renamed to dyconv_imagenet_resnet18_dynamic")
+
+
+def test_an_old_preset_name_inside_a_sweep_is_caught_too(capsys):
+    args = ["experiment=ours_cifar100_resnet18_static,coco_retinanet_r50_fpn_1x", "conv=static,dynamic"]
+    with pytest.raises(SystemExit) as stop:
+        check_group_choices(CONFIG_DIR, args)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == ("error: experiment=coco_retinanet_r50_fpn_1x was renamed to "
+                                       "torchvision_coco_retinanet_r50_fpn_1x_static\n")
+
+
+def test_every_renamed_preset_names_an_existing_one():
+    presets = {p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml")}
+    assert set(RENAMED_PRESETS.values()) <= presets and not set(RENAMED_PRESETS) & presets
+
+
+def test_the_old_tau_key_names_the_new_one_in_one_line(tmp_path):
+    proc = run_script("train.py", "trainer.temperature.epochs=10", f"hydra.run.dir={tmp_path}")
+    assert_one_line_error(proc, "trainer.temperature.epochs was moved to conv.tau_schedule.epochs",
+                          "use conv.tau_schedule.epochs=10")
 
 
 @pytest.mark.parametrize("epochs", [0, -1])

@@ -69,7 +69,7 @@ def test_resume_continues_the_same_wandb_run(static_run, tmp_path):
     ("backbone=resnet81", ("unknown backbone 'resnet81'", "resnet18", "configs/backbone")),
     ("conv=dynamo", ("unknown conv 'dynamo'", "a2d2c_plus")),
     ("dataset=mnist", ("unknown dataset 'mnist'", "digits", "cifar100")),
-    ("experiment=dyconv_imagenet_resnet81", ("unknown experiment", "dyconv_imagenet_resnet18")),
+    ("experiment=dyconv_imagenet_resnet81", ("unknown experiment", "dyconv_imagenet_resnet18_dynamic")),
 ])
 def test_unknown_component_names_end_with_one_line(override, fragments, tmp_path):
     assert_one_line_error(run_script("train.py", override, f"hydra.run.dir={tmp_path}"), *fragments)

@@ -42,15 +42,15 @@ GROUP_OPTIONS = sorted(f"{group.name}={option.stem}" for group in CONFIG_DIR.ite
     (["trainer.ema.enabled=1"], "trainer.ema.enabled=1 is not valid: expected true or false"),
     (["trainer.ema.decay=1"], "trainer.ema.decay=1 is not valid: expected a number in (0, 1)"),
     (["trainer.ema.decay=0"], "trainer.ema.decay=0 is not valid"),
-    (["trainer.temperature.start=0"], "trainer.temperature.start=0 is not valid: expected a finite number > 0"),
-    (["trainer.temperature.end=inf"], "trainer.temperature.end=inf is not valid"),
-    (["trainer.temperature.epochs=-1"], "trainer.temperature.epochs=-1 is not valid: expected null or a finite number >= 0"),
-    (["trainer.temperature.fraction=1.5"], "trainer.temperature.fraction=1.5 is not valid: expected null or a number in [0, 1]"),
-    (["trainer.temperature.from_weights=1"], "trainer.temperature.from_weights=1 is not valid: expected true or false"),
+    (["conv.tau_schedule.start=0"], "conv.tau_schedule.start=0 is not valid: expected a finite number > 0 (configs/conv/)"),
+    (["conv.tau_schedule.end=inf"], "conv.tau_schedule.end=inf is not valid"),
+    (["conv.tau_schedule.epochs=-1"], "conv.tau_schedule.epochs=-1 is not valid: expected null or a finite number >= 0"),
+    (["conv.tau_schedule.fraction=1.5"], "conv.tau_schedule.fraction=1.5 is not valid: expected null or a number in [0, 1]"),
+    (["conv.tau_schedule.from_weights=1"], "conv.tau_schedule.from_weights=1 is not valid: expected true or false"),
     # The annealing's length: exactly one of epochs and fraction.
-    (["trainer.temperature.epochs=10"], "trainer.temperature has epochs=10 and fraction=0.5: set exactly one"),
-    (["trainer.temperature.fraction=null"], "trainer.temperature has epochs=null and fraction=null: set exactly one"),
-    (["trainer.temperature.start=null"], "trainer.temperature.start=null is not valid"),
+    (["conv.tau_schedule.epochs=10"], "conv.tau_schedule has epochs=10 and fraction=0.5: set exactly one"),
+    (["conv.tau_schedule.fraction=null"], "conv.tau_schedule has epochs=null and fraction=null: set exactly one"),
+    (["conv.tau_schedule.start=null"], "conv.tau_schedule.start=null is not valid"),
     (["trainer.lr_scaling.rule=cubic"], "trainer.lr_scaling.rule='cubic' is not valid: expected one of none, linear, sqrt"),
     (["trainer.lr_scaling.base_batch_size=0"], "trainer.lr_scaling.base_batch_size=0 is not valid"),
     (["trainer.monitor=1"], "trainer.monitor=1 is not valid"),
@@ -61,8 +61,8 @@ GROUP_OPTIONS = sorted(f"{group.name}={option.stem}" for group in CONFIG_DIR.ite
     (["trainer.channels_last=abc"], "trainer.channels_last='abc' is not valid"),
     (["trainer.deterministic=1"], "trainer.deterministic=1 is not valid"),
     (["trainer.ema.use_warmup=0"], "trainer.ema.use_warmup=0 is not valid"),
-    # A value where a node belongs (trainer.temperature=30 meant as the start τ) or a node that is required.
-    (["trainer.temperature=30"], "trainer.temperature=30 is not valid: expected null (no annealing) or a node"),
+    # A value where a node belongs (conv.tau_schedule=30 meant as the start τ) or a node that is required.
+    (["conv.tau_schedule=30"], "conv.tau_schedule=30 is not valid: expected null (no annealing) or a node"),
     (["trainer.lr_scaling=5"], "trainer.lr_scaling=5 is not valid: expected null or a node"),
     (["trainer.ema=null"], "trainer.ema=null is not valid: expected a node"),
     (["~trainer"], "trainer is not set: expected a node of trainer settings (configs/trainer/default.yaml)"),
@@ -88,8 +88,8 @@ def test_a_bad_training_value_is_one_config_error_naming_it(overrides, message):
 
 
 @pytest.mark.parametrize("overrides", [
-    ["trainer.temperature=null"], ["trainer.lr_scaling=null"], ["trainer.temperature.epochs=0.5", "trainer.temperature.fraction=null"],
-    ["trainer.temperature.fraction=1"], ["trainer.temperature.fraction=0"], ["trainer.temperature.from_weights=false"],
+    ["conv.tau_schedule=null"], ["trainer.lr_scaling=null"], ["conv.tau_schedule.epochs=0.5", "conv.tau_schedule.fraction=null"],
+    ["conv.tau_schedule.fraction=1"], ["conv.tau_schedule.fraction=0"], ["conv.tau_schedule.from_weights=false"],
     ["trainer.clip_grad_norm=1"], ["trainer.amp=bf16"], ["trainer.amp=fp16"], ["trainer.per_device_batch_size=8"],
     ["trainer.checkpoint_every_steps=null"], ["trainer.resume=auto"], ["trainer.resume_allow=[trainer.epochs,optimizer.lr]"], ["trainer.monitor=top5"],
     ["optimizer.lr=1"], ["optimizer=sgd", "optimizer.momentum=0"], ["trainer.ema.enabled=true"],
@@ -150,8 +150,8 @@ def test_eval_py_without_a_checkpoint_says_how_to_give_one(tmp_path):
 
 def test_a_recipe_with_unverified_values_says_so_in_one_line():
     from a2d2c.config_checks import unverified_recipe_line
-    assert unverified_recipe_line(compose_config("experiment=odconv_imagenet_mobilenetv2_x1_0")) is None
-    line = unverified_recipe_line(compose_config("experiment=dyconv_imagenet_mobilenetv2_x0_75"))
+    assert unverified_recipe_line(compose_config("experiment=odconv_imagenet_mobilenetv2_x1_0_dynamic")) is None
+    line = unverified_recipe_line(compose_config("experiment=dyconv_imagenet_mobilenetv2_x0_75_dynamic"))
     assert line.startswith("recipe: trainer.epochs=300, trainer.batch_size=256, optimizer.lr=0.05")
     assert "backbone.dropout=0.1" in line and "task.mixup_alpha=0.2" in line and "\n" not in line
     assert "not checked against the DyConv paper (Chen et al., CVPR 2020), Sec. 5" in line

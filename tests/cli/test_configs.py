@@ -5,17 +5,22 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from a2d2c.config_checks import check_train_config
 from a2d2c.engine.trainer import Trainer
+from helpers.config_files import own_values, selected_groups, values_at
 from helpers.train_utils import CONFIG_DIR, QUIET, compose_config
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+CONVS = ("static", "dynamic", "a2d2c", "a2d2c_plus")
+SOURCES = ("dyconv", "odconv", "torchvision", "ours")  # the DyConv paper, ODConv's code, torchvision, this project
 
 
 def test_experiment_folder_has_the_required_presets():
-    required = {f"dyconv_imagenet_{m}{s}" for m in ("mobilenetv2_x1_0", "mobilenetv2_x0_5", "resnet18") for s in ("", "_static")}
-    required |= {f"cifar100_resnet18_{c}" for c in ("static", "dynamic", "a2d2c", "a2d2c_plus")}
-    required |= {f"coco_fasterrcnn_r50_fpn_1x_{c}" for c in ("static", "dynamic", "a2d2c", "a2d2c_plus")}
-    required |= {"coco_retinanet_r50_fpn_1x"}
+    required = {f"dyconv_imagenet_{m}_{c}" for m in ("mobilenetv2_x1_0", "mobilenetv2_x0_5", "resnet18")
+                for c in ("static", "dynamic")}
+    required |= {f"ours_cifar100_resnet18_{c}" for c in CONVS}
+    required |= {f"torchvision_coco_fasterrcnn_r50_fpn_1x_{c}" for c in CONVS}
+    required |= {"torchvision_coco_retinanet_r50_fpn_1x_static"}
     assert required <= set(EXPERIMENTS)
 
 
@@ -53,21 +58,21 @@ OD_RESNET = dict(OD_MOBILENET, epochs=100, lr=0.1, weight_decay=1e-4, scheduler=
 WIDE = dict(smoothing=0.1, mixup=0.2)        # DyConv: the wider MobileNetV2s
 NARROW = dict(smoothing=0.0, mixup=0.0, dropout=0.0)
 RECIPES = {
-    "dyconv_imagenet_mobilenetv2_x1_0": ("mobilenetv2_x1_0", "dynamic", dict(DY_MOBILENET, dropout=0.2, **WIDE)),
+    "dyconv_imagenet_mobilenetv2_x1_0_dynamic": ("mobilenetv2_x1_0", "dynamic", dict(DY_MOBILENET, dropout=0.2, **WIDE)),
     "dyconv_imagenet_mobilenetv2_x1_0_static": ("mobilenetv2_x1_0", "static", dict(DY_MOBILENET, dropout=0.2, **WIDE)),
-    "dyconv_imagenet_mobilenetv2_x0_75": ("mobilenetv2_x0_75", "dynamic", dict(DY_MOBILENET, dropout=0.1, **WIDE)),
-    "dyconv_imagenet_mobilenetv2_x0_5": ("mobilenetv2_x0_5", "dynamic", dict(DY_MOBILENET, **NARROW)),
+    "dyconv_imagenet_mobilenetv2_x0_75_dynamic": ("mobilenetv2_x0_75", "dynamic", dict(DY_MOBILENET, dropout=0.1, **WIDE)),
+    "dyconv_imagenet_mobilenetv2_x0_5_dynamic": ("mobilenetv2_x0_5", "dynamic", dict(DY_MOBILENET, **NARROW)),
     "dyconv_imagenet_mobilenetv2_x0_5_static": ("mobilenetv2_x0_5", "static", dict(DY_MOBILENET, **NARROW)),
-    "dyconv_imagenet_mobilenetv2_x0_35": ("mobilenetv2_x0_35", "dynamic", dict(DY_MOBILENET, **NARROW)),
-    "dyconv_imagenet_mobilenetv3_small": ("mobilenetv3_small", "dynamic", dict(DY_MOBILENET, **NARROW)),
-    "dyconv_imagenet_resnet18": ("resnet18", "dynamic", DY_RESNET),
+    "dyconv_imagenet_mobilenetv2_x0_35_dynamic": ("mobilenetv2_x0_35", "dynamic", dict(DY_MOBILENET, **NARROW)),
+    "dyconv_imagenet_mobilenetv3_small_dynamic": ("mobilenetv3_small", "dynamic", dict(DY_MOBILENET, **NARROW)),
+    "dyconv_imagenet_resnet18_dynamic": ("resnet18", "dynamic", DY_RESNET),
     "dyconv_imagenet_resnet18_static": ("resnet18", "static", DY_RESNET),
-    "dyconv_imagenet_resnet10": ("resnet10", "dynamic", DY_RESNET),
-    "odconv_imagenet_mobilenetv2_x1_0": ("mobilenetv2_x1_0", "dynamic", OD_MOBILENET),
-    "odconv_imagenet_mobilenetv2_x0_75": ("mobilenetv2_x0_75", "dynamic", OD_MOBILENET),
-    "odconv_imagenet_mobilenetv2_x0_5": ("mobilenetv2_x0_5", "dynamic", OD_MOBILENET),
-    "odconv_imagenet_resnet18": ("resnet18", "dynamic", OD_RESNET),
-    "odconv_imagenet_resnet50": ("resnet50", "dynamic", OD_RESNET),
+    "dyconv_imagenet_resnet10_dynamic": ("resnet10", "dynamic", DY_RESNET),
+    "odconv_imagenet_mobilenetv2_x1_0_dynamic": ("mobilenetv2_x1_0", "dynamic", OD_MOBILENET),
+    "odconv_imagenet_mobilenetv2_x0_75_dynamic": ("mobilenetv2_x0_75", "dynamic", OD_MOBILENET),
+    "odconv_imagenet_mobilenetv2_x0_5_dynamic": ("mobilenetv2_x0_5", "dynamic", OD_MOBILENET),
+    "odconv_imagenet_resnet18_dynamic": ("resnet18", "dynamic", OD_RESNET),
+    "odconv_imagenet_resnet50_dynamic": ("resnet50", "dynamic", OD_RESNET),
 }
 
 
@@ -90,8 +95,9 @@ def test_imagenet_presets_encode_their_recipe(experiment):
     if recipe["scheduler"] == "CosineLRScheduler":
         assert cfg.scheduler.t_initial == recipe["epochs"]  # cosine over the whole run
     assert cfg.task.label_smoothing == recipe["smoothing"] and cfg.task.mixup_alpha == recipe["mixup"]
-    assert dict(cfg.trainer.temperature) == {"start": 30.0, "end": 1.0, "epochs": 10, "fraction": None,
-                                             "from_weights": True}
+    # A static conv gets the preset's values over its null (no from_weights) and ignores them.
+    assert dict(cfg.conv.tau_schedule) == {"start": 30.0, "end": 1.0, "epochs": 10, "fraction": None,
+                                           **({} if conv == "static" else {"from_weights": True})}
     if conv == "dynamic":
         assert cfg.conv.options.num_kernels == 4 and cfg.conv.options.reduction == 4
 
@@ -104,11 +110,11 @@ def test_recipe_source_is_named_and_what_it_does_not_show_is_listed(experiment):
     if experiment.startswith("dyconv"):  # the paper's training values are as recalled: every one is listed
         assert {"trainer.epochs", "optimizer.lr", "optimizer.weight_decay", "backbone.dropout"} <= unverified
     else:  # ODConv's README shows the dropout rate only for ODConv MobileNetV2 x1.0
-        assert unverified == (set() if experiment == "odconv_imagenet_mobilenetv2_x1_0" else {"backbone.dropout"})
+        assert unverified == (set() if experiment == "odconv_imagenet_mobilenetv2_x1_0_dynamic" else {"backbone.dropout"})
 
 
 def test_resnet_preset_divides_lr_by_ten_at_30_60_90(tmp_path):
-    cfg = compose_config("experiment=dyconv_imagenet_resnet18")
+    cfg = compose_config("experiment=dyconv_imagenet_resnet18_dynamic")
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.optimizer.lr)
     scheduler = instantiate(cfg.scheduler)(optimizer=optimizer)
     lrs = {}
@@ -122,8 +128,8 @@ def test_resnet_preset_divides_lr_by_ten_at_30_60_90(tmp_path):
 
 @pytest.mark.parametrize("conv", ["static", "dynamic", "a2d2c", "a2d2c_plus"])
 def test_cifar100_presets_differ_only_in_the_conv_type(conv):
-    cfg = compose_config(f"experiment=cifar100_resnet18_{conv}")
-    base = compose_config("experiment=cifar100_resnet18_static")
+    cfg = compose_config(f"experiment=ours_cifar100_resnet18_{conv}")
+    base = compose_config("experiment=ours_cifar100_resnet18_static")
     assert cfg.conv.type == conv and cfg.dataset.name == "cifar100" and cfg.dataset.stem == "cifar"
     for section in ("backbone", "dataset", "optimizer", "scheduler", "trainer", "task"):
         if section != "task":
@@ -131,11 +137,35 @@ def test_cifar100_presets_differ_only_in_the_conv_type(conv):
     assert cfg.task.model.name == "resnet18"
 
 
-@pytest.mark.parametrize("group", ["backbone", "conv", "dataset", "optimizer", "scheduler", "trainer", "logger"])
-def test_every_group_option_composes(group):
+@pytest.mark.parametrize("group", ["backbone", "conv", "dataset", "detector", "optimizer", "scheduler", "trainer",
+                                   "logger"])
+def test_every_group_option_composes_with_its_own_values(group):
+    # Each value the option's file sets (and the recipe a dataset brings, @_global_ in its defaults) is what
+    # the composed config holds: nothing composed later overrides it. And the Trainer's checks pass.
     for option in sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml")):
         cfg = compose_config(f"{group}={option}")
-        assert cfg.trainer.epochs > 0
+        assert values_at(cfg, own_values(CONFIG_DIR / group / f"{option}.yaml")) == {}, option
+        check_train_config(cfg)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_preset_selects_what_its_name_and_defaults_say(experiment):
+    # <source>_<dataset>_<model>_<conv>, the groups its defaults list selects (through the presets it
+    # includes), and its own values, none overridden by what is composed after them.
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+    choices = cfg.hydra.runtime.choices
+    selected = selected_groups(CONFIG_DIR / "experiment", experiment)
+    assert {"backbone", "conv", "dataset"} <= set(selected)
+    assert {group: choices[group] for group in selected} == selected
+    source, dataset, model_conv = experiment.split("_", 2)
+    conv = max((c for c in CONVS if model_conv.endswith(f"_{c}")), key=len)
+    assert source in SOURCES and (dataset, conv) == (choices.dataset, choices.conv) == (cfg.dataset.name, cfg.conv.type)
+    del cfg.hydra
+    assert values_at(cfg, own_values(CONFIG_DIR / "experiment" / f"{experiment}.yaml")) == {}
+    check_train_config(cfg)
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw", "rmsprop"])

@@ -124,7 +124,7 @@ def test_shapes_sizes_whichever_detector_is_chosen(detector):
 
 
 def test_coco_1x_schedule_drops_lr_after_epochs_8_and_11_with_warmup():
-    cfg = compose_config("experiment=coco_fasterrcnn_r50_fpn_1x_static")
+    cfg = compose_config("experiment=torchvision_coco_fasterrcnn_r50_fpn_1x_static")
     assert (cfg.dataset.name, cfg.detector.name, cfg.backbone.name, cfg.trainer.epochs) == ("coco", "fasterrcnn", "resnet50", 12)
     assert cfg.trainer.batch_size == 16 and cfg.optimizer.momentum == 0.9 and cfg.optimizer.weight_decay == 1e-4
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.optimizer.lr)
@@ -137,7 +137,7 @@ def test_coco_1x_schedule_drops_lr_after_epochs_8_and_11_with_warmup():
     assert lrs[0.2] == lrs[7.99] == pytest.approx(0.02)
     assert lrs[8] == lrs[10.99] == pytest.approx(0.002)
     assert lrs[11] == lrs[11.99] == pytest.approx(0.0002)
-    retinanet = compose_config("experiment=coco_retinanet_r50_fpn_1x")
+    retinanet = compose_config("experiment=torchvision_coco_retinanet_r50_fpn_1x_static")
     assert (retinanet.detector.name, retinanet.optimizer.lr, retinanet.scheduler.decay_t) == ("retinanet", 0.01, [9, 12])
 
 

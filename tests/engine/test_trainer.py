@@ -31,7 +31,7 @@ def _tensors_equal(a, b):
 def test_resume_after_epoch_one_ends_with_the_weights_of_an_uninterrupted_run(tmp_path, monkeypatch):
     # Everything random is switched on: dropout, mixup (numpy RNG), EMA, τ annealing, warmup.
     overrides = (*TINY, *QUIET, "conv=dynamic", "trainer.epochs=2", "backbone.dropout=0.2", "task.mixup_alpha=0.2",
-                 "trainer.ema.enabled=true", "trainer.ema.decay=0.9", "trainer.temperature.epochs=2", "trainer.temperature.fraction=null", "scheduler.warmup_t=1")
+                 "trainer.ema.enabled=true", "trainer.ema.decay=0.9", "conv.tau_schedule.epochs=2", "conv.tau_schedule.fraction=null", "scheduler.warmup_t=1")
     Trainer(compose_config(*overrides), tmp_path / "straight").fit()
 
     resumed_dir = tmp_path / "resumed"
@@ -67,7 +67,7 @@ def test_resume_auto_continues_from_the_run_directory(tmp_path):
 
 
 def test_temperature_is_annealed_per_iteration_and_static_models_are_untouched(tmp_path):
-    cfg = compose_config(*TINY, *QUIET, "conv=dynamic", "trainer.epochs=1", "trainer.temperature.epochs=2", "trainer.temperature.fraction=null")
+    cfg = compose_config(*TINY, *QUIET, "conv=dynamic", "trainer.epochs=1", "conv.tau_schedule.epochs=2", "conv.tau_schedule.fraction=null")
     trainer = Trainer(cfg, tmp_path)
     trainer.fit()
     updates = trainer.updates_per_epoch  # 32 samples / batch 8 = 4

@@ -60,7 +60,7 @@ def test_seeds_collapse_and_user_overrides_replace_the_tables_own():
 
 
 def test_dyconv_row_stands_beside_the_papers_with_the_relative_difference():
-    row = plan_row(TABLES["dyconv_imagenet"], ["experiment=dyconv_imagenet_resnet18"])
+    row = plan_row(TABLES["dyconv_imagenet"], ["experiment=dyconv_imagenet_resnet18_dynamic"])
     assert key(row) == ("imagenet", "resnet18", "dynamic", 4)
     with torch.device("meta"):  # counted independently: the model as scripts/complexity.py builds it
         model = build_classifier("resnet18", "dynamic", num_classes=1000, stem="imagenet", num_kernels=4, reduction=4)
