@@ -24,10 +24,10 @@ from a2d2c.data.class_map import apply_class_map, check_num_classes, dataset_cla
 from a2d2c.data.loader import build_eval_loader
 from a2d2c.distributed import process_group as distributed
 from a2d2c.engine.batch_scaling import BatchScaling, batch_scaling
+from a2d2c.engine.tasks.base import Task
 from a2d2c.engine.temperature_schedule import TemperatureSchedule, plan_temperature
 from a2d2c.errors import ConfigError
 from a2d2c.models.complexity import count_complexity
-from a2d2c.tasks.base import Task
 
 AMP_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -45,7 +45,7 @@ def memory_format_from_config(tcfg) -> torch.memory_format:
 def build_task(cfg: DictConfig) -> Task:
     task = instantiate(cfg.task)
     if not isinstance(task, Task):  # configs/task/ names the class; a foreign one would fail deep in the loop
-        raise ConfigError(f"task._target_ builds a {type(task).__name__}, which lacks members of a2d2c.tasks.base.Task")
+        raise ConfigError(f"task._target_ builds a {type(task).__name__}, which lacks members of a2d2c.engine.tasks.base.Task")
     return task
 
 

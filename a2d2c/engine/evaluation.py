@@ -4,8 +4,8 @@ from pathlib import Path
 
 import torch
 
-from a2d2c.checkpointing import files as ckpt
-from a2d2c.checkpointing.saved_config import load_saved_config
+from a2d2c.checkpoint import files as ckpt
+from a2d2c.checkpoint.saved_config import load_saved_config
 from a2d2c.data.class_map import dataset_class_map
 from a2d2c.distributed.process_group import DistInfo, resolve_device
 from a2d2c.engine.build import amp_dtype_from_config, build_eval_data, build_task, memory_format_from_config

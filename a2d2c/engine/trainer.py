@@ -2,7 +2,7 @@
 
 build.py makes the run's parts from the config; the Trainer loops over them: epochs of updates
 (accumulation, precision, gradient clipping, LR and τ schedules, EMA), evaluation, checkpoints,
-logging, preemption. The task (tasks/base.py) owns the model, the data, the loss and the metrics.
+logging, preemption. The task (engine/tasks/base.py) owns the model, the data, the loss and the metrics.
 """
 import json
 import logging
@@ -17,8 +17,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from a2d2c.checkpointing import files as ckpt
-from a2d2c.checkpointing.run_state import resume_run, save_run_checkpoint
+from a2d2c.checkpoint import files as ckpt
+from a2d2c.checkpoint.run_state import resume_run, save_run_checkpoint
 from a2d2c.config_checks import unverified_recipe_line
 from a2d2c.distributed import process_group as distributed
 from a2d2c.engine.build import build_run
@@ -255,7 +255,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------- checkpoints, results
     def save_checkpoint(self, metrics: dict, is_best: bool):
-        """Write this point of the run (checkpointing/run_state.py); returns the numbered checkpoint's path."""
+        """Write this point of the run (checkpoint/run_state.py); returns the numbered checkpoint's path."""
         return save_run_checkpoint(self, metrics, is_best)
 
     def _write_results(self, final: dict) -> dict:

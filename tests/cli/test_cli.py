@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from a2d2c.checkpointing import files as ckpt
+from a2d2c.checkpoint import files as ckpt
 from helpers.cli import assert_one_line_error
 from helpers.train_utils import run_script
 

@@ -189,7 +189,7 @@ def test_logger_none_disables_wandb_and_default_is_offline():
 
 def test_default_config_is_a2d2c_on_digits():
     cfg = compose_config()
-    assert (cfg.conv.type, cfg.dataset.name, cfg.task._target_) == ("a2d2c", "digits", "a2d2c.tasks.classification.ClassificationTask")
+    assert (cfg.conv.type, cfg.dataset.name, cfg.task._target_) == ("a2d2c", "digits", "a2d2c.engine.tasks.classification.ClassificationTask")
     assert cfg.seed == 0 and Path(CONFIG_DIR / "hydra" / "output" / "runs.yaml").is_file()
 
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from a2d2c.engine.trainer import Trainer
-from a2d2c.checkpointing import files as ckpt
+from a2d2c.checkpoint import files as ckpt
 from a2d2c.cli import run_dir
 from helpers.cli import assert_one_line_error
 from helpers.train_utils import REPO, TINY, compose_config, run_script, wait_for_step

@@ -19,7 +19,7 @@ from a2d2c.data.imagenet import build_imagenet
 from a2d2c.data.resumable import PerSampleSeeded
 from a2d2c.data.synthetic import SyntheticImages
 from a2d2c.data.tolerant_folder import TolerantImageFolder
-from a2d2c.tasks.coco_eval import CocoEvaluator
+from a2d2c.engine.tasks.coco_eval import CocoEvaluator
 from a2d2c.cli.overrides import exit_on_config_error
 from a2d2c.errors import ConfigError, find_config_error
 

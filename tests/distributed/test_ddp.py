@@ -5,7 +5,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from a2d2c.checkpointing import files as ckpt
+from a2d2c.checkpoint import files as ckpt
 from a2d2c.engine.batch_scaling import batch_scaling
 from a2d2c.errors import ConfigError
 from a2d2c.distributed.launch_env import env_rank, slurm_environment

@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 
 from a2d2c.engine.trainer import Trainer
 from a2d2c.models.detection import build_detector
-from a2d2c.checkpointing import files as ckpt
+from a2d2c.checkpoint import files as ckpt
 from a2d2c.models.complexity import count_complexity
 from helpers.train_utils import QUIET, compose_config, run_script
 
@@ -42,7 +42,7 @@ def shapes_run(tmp_path_factory):
 
 def test_shapes_run_reports_coco_ap_in_results_metrics_and_wandb(shapes_run):
     results = json.loads((shapes_run / "results.json").read_text())
-    assert results["config"]["task"]["_target_"] == "a2d2c.tasks.detection.DetectionTask"
+    assert results["config"]["task"]["_target_"] == "a2d2c.engine.tasks.detection.DetectionTask"
     assert results["config"]["detector"]["min_size"] == 64  # the command line beats shapes' sizing
     for key in COCO_METRICS:
         value = results["best"][f"val/{key}"]

@@ -16,7 +16,7 @@ from a2d2c.data import build_train_loader
 from a2d2c.data.digits import Digits
 from a2d2c.engine.trainer import Trainer
 from a2d2c.engine.divergence import NonFiniteLossError
-from a2d2c.checkpointing import files as ckpt
+from a2d2c.checkpoint import files as ckpt
 from a2d2c.distributed.process_group import DistInfo
 from helpers.train_utils import QUIET, REPO, TINY, compose_config, wait_for_step
 

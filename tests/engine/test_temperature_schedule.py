@@ -10,7 +10,7 @@ from a2d2c.engine.trainer import Trainer
 from a2d2c.engine.temperature_schedule import TemperatureSchedule, plan_temperature
 from a2d2c.layers import MixtureConv2d, annealed_temperature, set_temperature
 from a2d2c.models import build_classifier
-from a2d2c.checkpointing import files as ckpt
+from a2d2c.checkpoint import files as ckpt
 from a2d2c.config_checks import check_train_config
 from helpers.train_utils import CONFIG_DIR, QUIET, TINY, compose_config
 

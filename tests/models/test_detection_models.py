@@ -12,8 +12,8 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from a2d2c.data.coco import detection_collate
 from a2d2c.data.shapes import build_shapes
-from a2d2c.tasks.coco_eval import COCO_METRICS
-from a2d2c.tasks.detection import DetectionTask
+from a2d2c.engine.tasks.coco_eval import COCO_METRICS
+from a2d2c.engine.tasks.detection import DetectionTask
 from a2d2c.layers import CONV_TYPES, MixtureConv2d
 from a2d2c.models import BACKBONES, build_classifier
 from a2d2c.models.detection import DETECTORS, build_detector

@@ -381,7 +381,7 @@ def test_cifar_stem_and_biases_init():
 
 
 def test_an_earlier_a2d2c_plus_checkpoint_is_named_as_such():
-    from a2d2c.checkpointing.files import load_weights
+    from a2d2c.checkpoint.files import load_weights
     from a2d2c.errors import ConfigError
     model = build_classifier("resnet10", "a2d2c_plus", num_classes=10, stem="cifar")
     # the earlier form's head: one 3x3 conv 2K -> K and no per-logit-map conv

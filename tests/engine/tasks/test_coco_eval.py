@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from pycocotools.coco import COCO
 from torch.utils.data import DistributedSampler
 
-from a2d2c.tasks.coco_eval import COCO_METRICS, CocoEvaluator, detections_to_coco, evaluate_coco, merge_detections
+from a2d2c.engine.tasks.coco_eval import COCO_METRICS, CocoEvaluator, detections_to_coco, evaluate_coco, merge_detections
 
 # Category ids as COCO has them: not contiguous, not starting at 1.
 CATEGORY_IDS = (3, 7)
@@ -129,7 +129,7 @@ def test_predictions_seen_twice_score_as_once(monkeypatch):
     assert 0.0 < expected["AP"] < 1.0
 
     # Two ranks that evaluated the same images (a padded sampler), and one rank that saw an image twice.
-    monkeypatch.setattr("a2d2c.tasks.coco_eval.all_gather_object", lambda obj: [obj, obj])
+    monkeypatch.setattr("a2d2c.engine.tasks.coco_eval.all_gather_object", lambda obj: [obj, obj])
     twice = CocoEvaluator(coco, (0, *CATEGORY_IDS))
     twice.update(image_ids, imperfect_outputs(image_ids))
     twice.update(image_ids[:2], imperfect_outputs(image_ids[:2]))

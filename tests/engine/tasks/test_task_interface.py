@@ -1,11 +1,11 @@
-"""The written Task interface (a2d2c/tasks/base.py): both tasks implement it, and a config whose task
+"""The written Task interface (a2d2c/engine/tasks/base.py): both tasks implement it, and a config whose task
 class lacks a member stops with one line before anything is trained."""
 import pytest
 from omegaconf import OmegaConf
 
 from a2d2c.engine.build import build_task
 from a2d2c.errors import ConfigError
-from a2d2c.tasks.base import Task
+from a2d2c.engine.tasks.base import Task
 from helpers.train_utils import compose_config
 
 
@@ -34,5 +34,5 @@ class HalfATask:
 def test_a_task_class_without_the_interface_is_one_config_error():
     cfg = compose_config()
     cfg.task = OmegaConf.create({"_target_": f"{__name__}.HalfATask"})
-    with pytest.raises(ConfigError, match="HalfATask, which lacks members of a2d2c.tasks.base.Task"):
+    with pytest.raises(ConfigError, match="HalfATask, which lacks members of a2d2c.engine.tasks.base.Task"):
         build_task(cfg)

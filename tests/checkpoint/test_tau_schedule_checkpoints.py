@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from a2d2c.checkpointing import files as ckpt
-from a2d2c.checkpointing.config_upgrade import upgrade_config
-from a2d2c.checkpointing.resume_check import config_changes
+from a2d2c.checkpoint import files as ckpt
+from a2d2c.checkpoint.config_upgrade import upgrade_config
+from a2d2c.checkpoint.resume_check import config_changes
 from a2d2c.engine.evaluation import evaluate_checkpoint
 from a2d2c.engine.trainer import Trainer
 from a2d2c.errors import ConfigError
@@ -28,7 +28,7 @@ def dynamic_run(tmp_path_factory):
 
 def as_old_layout(path, out):
     """The checkpoint at `path` as an a2d2c before the move wrote it: trainer.temperature, no conv.tau_schedule,
-    the task's old target; checksummed again as checkpointing/files.py does (state_digest over the loaded state)."""
+    the task's old target; checksummed again as checkpoint/files.py does (state_digest over the loaded state)."""
     state = torch.load(path, map_location="cpu", weights_only=True)  # as written: no upgrade applied
     for key in ("config", "config_unresolved"):
         config = state[key]

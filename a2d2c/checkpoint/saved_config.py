@@ -63,7 +63,7 @@ def project_special_entries(config_dir: Path = CONFIG_DIR) -> frozenset:
     """Every (key path, special key, value) that some file of the project's config tree sets.
 
     Read from the YAML files themselves (no composition, milliseconds); `hydra/` is left out, since a
-    run's saved config has no `hydra` node. tests/checkpointing/test_safe_loading.py checks the paths against real
+    run's saved config has no `hydra` node. tests/checkpoint/test_safe_loading.py checks the paths against real
     compositions of every group option and experiment.
     """
     entries = set()

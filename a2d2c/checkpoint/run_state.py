@@ -5,8 +5,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from a2d2c.checkpointing import files as ckpt
-from a2d2c.checkpointing.resume_check import check_resume
+from a2d2c.checkpoint import files as ckpt
+from a2d2c.checkpoint.resume_check import check_resume
 from a2d2c.distributed.process_group import all_gather_object
 from a2d2c.errors import ConfigError
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from a2d2c.checkpointing.config_upgrade import upgrade_saved_configs
+from a2d2c.checkpoint.config_upgrade import upgrade_saved_configs
 from a2d2c.errors import ConfigError
 
 log = logging.getLogger(__name__)

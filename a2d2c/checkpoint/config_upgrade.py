@@ -2,20 +2,20 @@
 
 A checkpoint keeps the config of the run that wrote it. Where a later version moved a class the
 config names (`_target_`) or a key, the saved config is rewritten here, once, as it is loaded: a
-resume then compares like with like (checkpointing/resume_check.py) and eval.py instantiates
+resume then compares like with like (checkpoint/resume_check.py) and eval.py instantiates
 today's module. Only the exact old strings listed below are rewritten, so this never widens what a
-saved config may instantiate (checkpointing/saved_config.py still checks every target).
+saved config may instantiate (checkpoint/saved_config.py still checks every target).
 """
 from __future__ import annotations
 
 # _target_ values of older configs -> where that class lives now (the package layout of issue 13).
 MOVED_TARGETS = {
-    "a2d2c.engine.classification.ClassificationTask": "a2d2c.tasks.classification.ClassificationTask",
-    "a2d2c.engine.detection.DetectionTask": "a2d2c.tasks.detection.DetectionTask",
+    "a2d2c.engine.classification.ClassificationTask": "a2d2c.engine.tasks.classification.ClassificationTask",
+    "a2d2c.engine.detection.DetectionTask": "a2d2c.engine.tasks.detection.DetectionTask",
     "a2d2c.utils.tracking.WandbLogger": "a2d2c.tracking.loggers.WandbLogger",
     "a2d2c.utils.sweep_summary.SweepSummary": "a2d2c.reporting.sweep_summary.SweepSummary",
 }
-DETECTION_TASK = "a2d2c.tasks.detection.DetectionTask"
+DETECTION_TASK = "a2d2c.engine.tasks.detection.DetectionTask"
 STATIC_CONV = "static"  # no τ: its tau_schedule is null (configs/conv/static.yaml)
 
 

@@ -12,9 +12,9 @@ from omegaconf import OmegaConf
 
 from a2d2c.engine.trainer import Trainer
 from a2d2c.engine.evaluation import evaluate_checkpoint
-from a2d2c.checkpointing import files as ckpt
+from a2d2c.checkpoint import files as ckpt
 from a2d2c.errors import ConfigError
-from a2d2c.checkpointing.saved_config import CONFIG_DIR, UnsafeConfigError, _special_entries, project_special_entries
+from a2d2c.checkpoint.saved_config import CONFIG_DIR, UnsafeConfigError, _special_entries, project_special_entries
 from helpers.cli import assert_one_line_error
 from helpers.train_utils import QUIET, TINY, compose_config, run_script
 
@@ -79,7 +79,7 @@ def test_without_the_check_the_write_then_import_chain_runs(checkpoint, tmp_path
     # What the refusal prevents. (hydra-core 1.3.8 blocks os.system itself; 1.3.2, which
     # requirements.txt allows, does not. Neither blocks this chain.)
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr("a2d2c.checkpointing.saved_config.check_saved_config", lambda config, source: None)
+    monkeypatch.setattr("a2d2c.checkpoint.saved_config.check_saved_config", lambda config, source: None)
     marker = tmp_path / "pwned"
     crafted = craft(checkpoint, tmp_path / "crafted.pt", lambda cfg: cfg.update(task=write_then_import(tmp_path, marker)))
     with pytest.raises(Exception):

@@ -6,7 +6,7 @@ import torch
 
 from a2d2c.engine.trainer import Trainer
 from a2d2c.engine.evaluation import evaluate_checkpoint
-from a2d2c.checkpointing import files as ckpt
+from a2d2c.checkpoint import files as ckpt
 from a2d2c.errors import ConfigError
 from helpers.train_utils import QUIET, TINY, compose_config
 

@@ -1,7 +1,7 @@
 """Image classification: the model, the loss (with optional label smoothing and mixup/cutmix) and top-k evaluation.
 
 The Trainer knows nothing about images or labels; everything task-specific is here (the
-interface: tasks/base.py).
+interface: engine/tasks/base.py).
 """
 import torch
 import torch.nn as nn

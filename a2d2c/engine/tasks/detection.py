@@ -1,6 +1,6 @@
 """Object detection: the detector, its loss dict and COCO bbox evaluation, for the shared Trainer.
 
-Same interface as ClassificationTask (tasks/base.py). Batches are (list of images, list of targets), as
+Same interface as ClassificationTask (engine/tasks/base.py). Batches are (list of images, list of targets), as
 torchvision's detectors take them; a training step returns the sum of the detector's losses
 and each loss as a metric; evaluation returns COCO AP (pycocotools), exact under DDP.
 """
@@ -10,8 +10,8 @@ import torch.nn as nn
 from a2d2c.data.aspect_ratio import build_grouped_train_loader
 from a2d2c.data.coco import detection_collate, find_detection_dataset
 from a2d2c.data.loader import build_train_loader
+from a2d2c.engine.tasks.coco_eval import CocoEvaluator
 from a2d2c.errors import ConfigError
-from a2d2c.tasks.coco_eval import CocoEvaluator
 
 
 class DetectionTask:
