@@ -44,6 +44,8 @@ RENAMED_CHOICES = {"experiment": RENAMED_PRESETS}
 # Keys of configs/train.yaml that moved (and their subkeys with them): one line naming the new key.
 # τ's schedule went to the conv group, since only a dynamic conv type has a τ.
 MOVED_KEYS = {"trainer.temperature": "conv.tau_schedule"}
+# Why a node is null, for the one line that refuses setting a key under it.
+NULL_HINTS = {"conv.tau_schedule": " (a static conv has no τ; the schedule is for conv=dynamic, a2d2c or a2d2c_plus)"}
 
 
 def fail(message: str):
@@ -134,8 +136,11 @@ def check_override_keys(config_dir, config_name, argv):
     for key in keys:
         node, path = cfg, []
         for part in key.split("."):
+            if path and node._is_none():  # Hydra's own message would be several lines on "struct"
+                where = ".".join(path)
+                fail(f"{where} is null in this config, so {key} has nothing to set{NULL_HINTS.get(where, '')}")
             if not isinstance(node, DictConfig):
-                break  # a list, a value or null: not ours to judge
+                break  # a list or a value: not ours to judge
             if part not in node.keys():  # not `in node`: that is False for a key whose value is ??? (missing)
                 where = ".".join(path)
                 full = [f"{where}.{k}" if where else k for k in node.keys()]

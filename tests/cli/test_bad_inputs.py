@@ -63,6 +63,14 @@ def test_the_old_tau_key_names_the_new_one_in_one_line(tmp_path):
                           "use conv.tau_schedule.epochs=10")
 
 
+@pytest.mark.parametrize("overrides, fragments", [
+    (("conv=static", "conv.tau_schedule.epochs=5"), ("conv.tau_schedule is null", "a static conv has no τ")),
+    (("logger=none", "logger.project=x"), ("logger is null in this config, so logger.project has nothing to set",)),
+])
+def test_a_key_under_a_null_node_is_one_line(overrides, fragments, tmp_path):
+    assert_one_line_error(run_script("train.py", *overrides, f"hydra.run.dir={tmp_path}"), *fragments)
+
+
 @pytest.mark.parametrize("epochs", [0, -1])
 def test_no_epochs_to_train_is_one_config_error_pointing_at_eval(epochs, tmp_path):
     from a2d2c.engine.trainer import Trainer
