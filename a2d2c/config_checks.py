@@ -108,7 +108,8 @@ TRAIN_RULES = (
 )
 
 # τ's schedule (engine/temperature_schedule.py), read only for a conv type with a τ: under conv=static the
-# node is null, or holds what a preset wrote for the dynamic types that include it, and is never read.
+# node is null, or holds what a preset wrote for the dynamic types that include it, and is never read
+# (condconv too: its sigmoid routing has no τ).
 TAU_RULES = (
     Rule("conv.tau_schedule", or_null(node), "null (no annealing) or a node with start, end and epochs or fraction"),
     Rule("conv.tau_schedule.start", number(0, low_open=True), "a finite number > 0"),
@@ -119,7 +120,7 @@ TAU_RULES = (
          "null or a number in [0, 1] (of trainer.epochs)"),
     Rule("conv.tau_schedule.from_weights", boolean, "true or false", optional=True),
 )
-STATIC_CONV = "static"  # the conv type without a τ (configs/conv/static.yaml)
+NO_TAU_CONVS = ("static", "condconv")  # the conv types without a τ (tau_schedule: null in their configs/conv/*.yaml)
 
 EVAL_RULES = (
     Rule("checkpoint", text, "the path of a .pt file a run wrote"),
@@ -187,7 +188,7 @@ def check_train_config(cfg: DictConfig) -> None:
                           f"(to score a checkpoint, run eval.py checkpoint=<path>)")
     _apply(cfg, TRAIN_RULES, _where)
     check_recipe(cfg)
-    if _lookup(cfg, "conv.type") != STATIC_CONV:  # a static model has no τ: its conv.tau_schedule is not read
+    if _lookup(cfg, "conv.type") not in NO_TAU_CONVS:  # a model without τ does not read its conv.tau_schedule
         check_tau_schedule(cfg)
 
 

@@ -25,7 +25,7 @@ IGNORED = ("trainer.resume", "trainer.resume_allow", "trainer.progress_bar", "tr
            "recipe")
 FIXED = ("backbone", "conv", "detector", "dataset", "task", "seed")
 # τ's schedule: under the fixed conv node, but how the run trains, so applied when listed in trainer.resume_allow.
-TAU_SCHEDULE, STATIC_CONV = "conv.tau_schedule", "static"
+TAU_SCHEDULE, NO_TAU_CONVS = "conv.tau_schedule", ("static", "condconv")
 # The batch geometry a mid-epoch checkpoint needs again (BatchScaling fields, a2d2c/engine/batch_scaling.py).
 EPOCH_REPLAY = ("per_device_batch", "accum_steps", "world_size")
 
@@ -63,7 +63,7 @@ def config_changes(saved: dict, current: dict) -> dict:
     """{key: (checkpoint's value, this run's value)} for every leaf that differs, ignored keys left out."""
     old, new = _leaves(saved), _leaves(current)
     ignored = IGNORED
-    if _conv_type(saved) == _conv_type(current) == STATIC_CONV:  # no τ: a preset's tau_schedule is never read
+    if _conv_type(saved) == _conv_type(current) and _conv_type(saved) in NO_TAU_CONVS:  # no τ: tau_schedule not read
         ignored = (*IGNORED, TAU_SCHEDULE)
     return {key: (old.get(key, UNSET), new.get(key, UNSET)) for key in sorted(old.keys() | new.keys())
             if old.get(key, UNSET) != new.get(key, UNSET) and not _under(key, ignored)}

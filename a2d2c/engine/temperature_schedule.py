@@ -5,7 +5,7 @@
 (`fraction: 0.5` of trainer.epochs); exactly one of the two is set (config_checks.py says so in one line
 otherwise). A model that starts from a dynamic run's weights (detector.backbone_weights) carries that run's
 τ buffers: with `from_weights: true` (the default) it keeps that τ for the whole run instead of re-annealing
-from `start`. A static model has no τ: a tau_schedule a preset gave its conv node is ignored.
+from `start`. A static or condconv model has no τ: a tau_schedule a preset gave its conv node is ignored.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import NamedTuple, Optional
 import torch
 from omegaconf import DictConfig
 
-from a2d2c.layers import MixtureConv2d, annealed_temperature, set_temperature
+from a2d2c.layers import annealed_temperature, has_temperature, set_temperature
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +62,11 @@ def weights_temperature(path) -> Optional[float]:
 def plan_temperature(cfg: DictConfig, model: torch.nn.Module, ema_model: Optional[torch.nn.Module] = None):
     """(schedule or None, τ the run keeps or None), τ already set on `model` (and `ema_model`).
 
-    None schedule: no annealing — a static model (no τ at all: whatever conv.tau_schedule holds is not read),
+    None schedule: no annealing — a model whose layers have no τ (static, or condconv's sigmoid routing:
+    whatever conv.tau_schedule holds is not read),
     conv.tau_schedule=null (the layers keep theirs), or τ kept from the starting weights (returned, set on
     every dynamic layer, new ones included)."""
-    if not any(isinstance(m, MixtureConv2d) for m in model.modules()):
+    if not any(has_temperature(m) for m in model.modules()):
         return None, None
     tcfg = cfg.conv.get("tau_schedule")
     if tcfg is None:

@@ -46,15 +46,19 @@ class DynamicConv2d(MixtureConv2d):
                  path: str = "auto"):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
                          groups, num_kernels, temperature)
+        self._init_kernels(bias, path)
+        self.kernel_attention = KernelAttention(in_channels, num_kernels, reduction)
+        self.reset_parameters()
+
+    def _init_kernels(self, bias: bool, path: str) -> None:
+        """``path`` and the K kernels (and biases): K x O x C/g x kh x kw (K x O)."""
         if path not in PATHS:
             raise ValueError(f"path must be one of {', '.join(PATHS)}, got {path!r}")
         self.path = path
         kh, kw = self.kernel_size
-        self.weight = nn.Parameter(torch.empty(num_kernels, out_channels,
-                                               in_channels // groups, kh, kw))
-        self.bias = nn.Parameter(torch.empty(num_kernels, out_channels)) if bias else None
-        self.kernel_attention = KernelAttention(in_channels, num_kernels, reduction)
-        self.reset_parameters()
+        k, o = self.num_kernels, self.out_channels
+        self.weight = nn.Parameter(torch.empty(k, o, self.in_channels // self.groups, kh, kw))
+        self.bias = nn.Parameter(torch.empty(k, o)) if bias else None
 
     def reset_parameters(self) -> None:
         init_like_conv2d_(self.weight, self.bias)

@@ -27,6 +27,9 @@ def init_like_conv2d_(weight: torch.Tensor, bias: Optional[torch.Tensor] = None)
 class MixtureConv2d(nn.Module):
     """Holds nn.Conv2d's hyper-parameters plus K and the softmax temperature.
 
+    ``temperature=None`` (CondConv: sigmoid routing, no softmax): the layer has no tau, its
+    ``temperature`` is None, not in its state dict, and ``set_temperature`` passes it by.
+
     ``temperature`` is a persistent 0-dim buffer: it is model state, so a checkpoint saved
     mid-annealing reloads at its own tau. ``set_temperature`` writes it in place (no new tensor:
     torch.compile does not recompile, EMA copies keep following). State dicts from before it
@@ -36,7 +39,7 @@ class MixtureConv2d(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrPair,
                  stride: IntOrPair = 1, padding: Optional[IntOrPair] = None,
                  dilation: IntOrPair = 1, groups: int = 1, num_kernels: int = 4,
-                 temperature: float = 1.0):
+                 temperature: Optional[float] = 1.0):
         super().__init__()
         if in_channels % groups or out_channels % groups:
             raise ValueError(
@@ -44,7 +47,7 @@ class MixtureConv2d(nn.Module):
                 f"out_channels={out_channels}")
         if num_kernels < 1:
             raise ValueError(f"num_kernels must be >= 1, got {num_kernels}")
-        if temperature <= 0:
+        if temperature is not None and temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -55,7 +58,7 @@ class MixtureConv2d(nn.Module):
             else to_2tuple(padding)
         self.groups = groups
         self.num_kernels = num_kernels
-        self.register_buffer("temperature", torch.tensor(float(temperature)))
+        self.register_buffer("temperature", None if temperature is None else torch.tensor(float(temperature)))
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
@@ -99,4 +102,5 @@ class MixtureConv2d(nn.Module):
             s += f", groups={self.groups}"
         if getattr(self, "bias", None) is None:
             s += ", bias=False"
-        return s + f", num_kernels={self.num_kernels}, temperature={float(self.temperature):g}"
+        s += f", num_kernels={self.num_kernels}"
+        return s if self.temperature is None else s + f", temperature={float(self.temperature):g}"

@@ -7,6 +7,11 @@ import torch.nn as nn
 from .mixture_conv import MixtureConv2d
 
 
+def has_temperature(module: nn.Module) -> bool:
+    """Whether ``module`` is a dynamic layer with a tau (CondConv's sigmoid routing has none)."""
+    return isinstance(module, MixtureConv2d) and module.temperature is not None
+
+
 def set_temperature(model: nn.Module, tau: float) -> int:
     """Set tau on every dynamic layer of ``model``; returns how many layers were set.
 
@@ -14,7 +19,7 @@ def set_temperature(model: nn.Module, tau: float) -> int:
     count = 0
     with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, MixtureConv2d):
+            if has_temperature(module):
                 module.temperature.fill_(float(tau))
                 count += 1
     return count

@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from a2d2c.layers import (A2D2CPlusConv2d, MixtureConv2d, check_conv_options, check_conv_type,
+from a2d2c.layers import (A2D2CPlusConv2d, CondConv2d, MixtureConv2d, check_conv_options, check_conv_type,
                           create_conv2d)
 
 __all__ = ["CONVERT_MODES", "convert_convs", "find_stem_conv", "inflate_conv", "init_conv_kernels"]
@@ -58,6 +58,9 @@ def inflate_conv(conv: nn.Module, static: nn.Conv2d) -> None:
     every sample / position, so Σ_k π_k W_k = W and the output is the static conv's, whatever
     the attention says. The attention branch keeps its own initialisation.
 
+    ``condconv``: its sigmoid gates need not sum to 1, so its routing starts at zero (every
+    gate 1/2) and each kernel at 2/K of the static one.
+
     ``a2d2c_plus``: W_0 (and its bias) is the static kernel and the shared up-projection U is
     zero, so U Σ_k α_k (V_k ⋆ x) adds nothing at start (its depthwise form too: there U scales
     each channel). U = 0 rather than V_k = 0: with the
@@ -73,6 +76,14 @@ def inflate_conv(conv: nn.Module, static: nn.Conv2d) -> None:
         conv.bias.copy_(static.bias.expand_as(conv.bias))
     if isinstance(conv, A2D2CPlusConv2d):
         nn.init.zeros_(conv.up_weight)
+    if isinstance(conv, CondConv2d):
+        # Sigmoid gates do not sum to 1: zero routing makes every r_k = 1/2 for every input,
+        # and W_k = 2 W / K (b_k = 2 b / K) makes sum_k r_k W_k = W.
+        nn.init.zeros_(conv.routing.weight)
+        nn.init.zeros_(conv.routing.bias)
+        conv.weight.mul_(2 / conv.num_kernels)
+        if conv.bias is not None:
+            conv.bias.mul_(2 / conv.num_kernels)
 
 
 def _excluded(name: str, patterns: Sequence[str]) -> bool:

@@ -44,6 +44,19 @@ def ref_dynamic(m, x):
     return torch.cat(outs)
 
 
+def ref_condconv(m, x):
+    """CondConv from its formula: r = sigmoid(W_r GAP(x) + b_r), a per-sample loop over
+    conv(x_b, sum_k r_bk W_k) + sum_k r_bk b_k."""
+    pooled = x.sum((2, 3)) / (x.shape[2] * x.shape[3])
+    r = 1 / (1 + torch.exp(-(pooled @ m.routing.weight.T + m.routing.bias)))
+    outs = []
+    for b in range(x.shape[0]):
+        kernel = sum(r[b, k] * m.weight[k] for k in range(m.num_kernels))
+        bias = None if m.bias is None else sum(r[b, k] * m.bias[k] for k in range(m.num_kernels))
+        outs.append(ref_conv(x[b:b + 1], kernel, bias, m.stride, m.padding, m.dilation, m.groups))
+    return torch.cat(outs)
+
+
 def ref_local_attention(m, x, responses):
     """responses: list of K tensors B x O x H' x W' -> alpha B x K x H' x W'."""
     evidence = torch.cat([torch.stack([r.mean(1) for r in responses], 1),
@@ -136,4 +149,6 @@ def reference(m, x):
         return ref_a2d2c_plus(m, x)
     if hasattr(m, "local_attention"):
         return ref_a2d2c(m, x)
+    if hasattr(m, "routing"):
+        return ref_condconv(m, x)
     return ref_dynamic(m, x)

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from a2d2c.layers import CONV_TYPES, create_conv2d, set_temperature
+from a2d2c.layers import CONV_TYPES, conv_options, create_conv2d, set_temperature
 from helpers.reference_convs import ref_centre_tap_kernel, ref_low_rank_kernel, reference
 
 DYNAMIC_TYPES = [t for t in CONV_TYPES if t != "static"]
@@ -28,7 +28,8 @@ CASES = list(itertools.product(GROUPINGS, (1, 3), (1, 2), (1, 2), (True, False),
 @pytest.mark.parametrize("conv_type", DYNAMIC_TYPES)
 @pytest.mark.parametrize("grouping,kernel_size,stride,dilation,bias,batch", CASES)
 def test_matches_naive_reference(conv_type, grouping, kernel_size, stride, dilation, bias, batch):
-    m = build(conv_type, grouping, kernel_size, stride, dilation, bias, temperature=0.7).double()
+    tau = {"temperature": 0.7} if "temperature" in conv_options(conv_type) else {}  # condconv has no τ
+    m = build(conv_type, grouping, kernel_size, stride, dilation, bias, **tau).double()
     x = torch.randn(batch, m.in_channels, 9, 8, dtype=torch.float64)
     with torch.no_grad():
         assert rel_err(m(x), reference(m, x)) < 1e-10
@@ -79,7 +80,8 @@ def test_huge_temperature_gives_the_mean_kernel(conv_type):
         assert rel_err(m(x), expected) < 1e-9
 
 
-@pytest.mark.parametrize("conv_type", DYNAMIC_TYPES)
+# condconv's single kernel is scaled by its sigmoid gate (test_cond_conv.py checks that limit)
+@pytest.mark.parametrize("conv_type", [t for t in DYNAMIC_TYPES if t != "condconv"])
 @pytest.mark.parametrize("grouping", GROUPINGS)
 def test_single_kernel_is_a_static_conv(conv_type, grouping):
     m = build(conv_type, grouping, stride=2, num_kernels=1).double()
@@ -133,8 +135,11 @@ def test_parameter_shapes_and_attention_shapes(conv_type):
     else:
         assert m.weight.shape == (3, 12, 4, 3, 3) and m.bias.shape == (3, 12)
     attn = m.attention(x)
-    assert attn.shape == ((2, 3) if conv_type == "dynamic" else (2, 3, 5, 5))
-    assert torch.allclose(attn.sum(1), torch.ones(()))
+    assert attn.shape == ((2, 3) if conv_type in ("dynamic", "condconv") else (2, 3, 5, 5))
+    if conv_type == "condconv":  # independent sigmoid gates
+        assert ((attn > 0) & (attn < 1)).all()
+    else:
+        assert torch.allclose(attn.sum(1), torch.ones(()))
 
 
 def test_a2d2c_plus_experts_equal_their_full_kernels():
