@@ -80,7 +80,7 @@ def test_no_epochs_to_train_is_one_config_error_pointing_at_eval(epochs, tmp_pat
 
 
 # ------------------------------------------------------------------ shapes that do not divide
-@pytest.mark.parametrize("conv_type", ["static", "dynamic", "a2d2c", "a2d2c_plus"])
+@pytest.mark.parametrize("conv_type", ["static", "dynamic", "a2d2c", "a2d2c_plus", "condconv"])
 def test_groups_that_do_not_divide_the_channels_are_one_config_error(conv_type):
     with pytest.raises(ConfigError, match=r"^groups=4 must divide in_channels=6 and out_channels=8$"):
         create_conv2d(conv_type, 6, 8, 3, groups=4)

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from a2d2c.checkpoint.resume_check import config_changes
 from a2d2c.engine.temperature_schedule import plan_temperature
 from a2d2c.engine.trainer import Trainer
 from a2d2c.layers import CondConv2d, create_conv2d, has_temperature, set_temperature
@@ -95,6 +96,10 @@ def test_has_no_temperature_and_the_schedule_passes_it_by():
     assert cfg.conv.tau_schedule is not None
     assert plan_temperature(cfg, model) == (None, None)
     assert compose_config("conv=condconv").conv.tau_schedule is None
+    # ... and a resume does not call a tau_schedule it never reads a change.
+    saved, now = ({"conv": {"type": "condconv", "tau_schedule": t}} for t in (None, {"start": 30.0}))
+    assert config_changes(saved, now) == {}
+    assert config_changes({"conv": {"type": "dynamic", "tau_schedule": None}}, {"conv": now["conv"]}) != {}
 
 
 def test_inflated_from_static_computes_the_static_function():
