@@ -32,29 +32,28 @@ def ref_global_logits(x, fc1, fc2):
     return hidden @ fc2.weight.T + fc2.bias
 
 
-def ref_dynamic(m, x):
-    """Per-sample loop: conv(x_b, sum_k pi_bk W_k) + sum_k pi_bk b_k."""
-    pi = torch.softmax(ref_global_logits(x, m.kernel_attention.fc1, m.kernel_attention.fc2)
-                       / m.temperature, dim=1)
+def ref_per_sample_mixture(m, x, mix):
+    """Per-sample loop: conv(x_b, sum_k mix_bk W_k) + sum_k mix_bk b_k, for mixing weights B x K."""
     outs = []
     for b in range(x.shape[0]):
-        kernel = sum(pi[b, k] * m.weight[k] for k in range(m.num_kernels))
-        bias = None if m.bias is None else sum(pi[b, k] * m.bias[k] for k in range(m.num_kernels))
+        kernel = sum(mix[b, k] * m.weight[k] for k in range(m.num_kernels))
+        bias = None if m.bias is None else sum(mix[b, k] * m.bias[k] for k in range(m.num_kernels))
         outs.append(ref_conv(x[b:b + 1], kernel, bias, m.stride, m.padding, m.dilation, m.groups))
     return torch.cat(outs)
+
+
+def ref_dynamic(m, x):
+    """DyConv: pi = softmax(global logits / tau), then the per-sample mixture."""
+    pi = torch.softmax(ref_global_logits(x, m.kernel_attention.fc1, m.kernel_attention.fc2)
+                       / m.temperature, dim=1)
+    return ref_per_sample_mixture(m, x, pi)
 
 
 def ref_condconv(m, x):
-    """CondConv from its formula: r = sigmoid(W_r GAP(x) + b_r), a per-sample loop over
-    conv(x_b, sum_k r_bk W_k) + sum_k r_bk b_k."""
+    """CondConv from its formula: r = sigmoid(W_r GAP(x) + b_r), then the per-sample mixture."""
     pooled = x.sum((2, 3)) / (x.shape[2] * x.shape[3])
     r = 1 / (1 + torch.exp(-(pooled @ m.routing.weight.T + m.routing.bias)))
-    outs = []
-    for b in range(x.shape[0]):
-        kernel = sum(r[b, k] * m.weight[k] for k in range(m.num_kernels))
-        bias = None if m.bias is None else sum(r[b, k] * m.bias[k] for k in range(m.num_kernels))
-        outs.append(ref_conv(x[b:b + 1], kernel, bias, m.stride, m.padding, m.dilation, m.groups))
-    return torch.cat(outs)
+    return ref_per_sample_mixture(m, x, r)
 
 
 def ref_local_attention(m, x, responses):
