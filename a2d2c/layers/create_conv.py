@@ -13,9 +13,10 @@ from .cond_conv import CondConv2d
 from .dynamic_conv import DynamicConv2d
 from .functional import same_padding, to_2tuple
 from .mixture_conv import IntOrPair
+from .od_conv import ODConv2d
 from ..errors import ConfigError
 
-CONV_TYPES = ("static", "dynamic", "a2d2c", "a2d2c_plus", "condconv")
+CONV_TYPES = ("static", "dynamic", "a2d2c", "a2d2c_plus", "condconv", "odconv")
 
 _CONV_CLASSES = {
     "static": nn.Conv2d,
@@ -23,6 +24,7 @@ _CONV_CLASSES = {
     "a2d2c": A2D2CConv2d,
     "a2d2c_plus": A2D2CPlusConv2d,
     "condconv": CondConv2d,
+    "odconv": ODConv2d,
 }
 _SIGNATURE_ARGS = {"self", "in_channels", "out_channels", "kernel_size", "stride", "padding",
                    "dilation", "groups", "bias"}
@@ -60,7 +62,7 @@ def create_conv2d(conv_type: str, in_channels: int, out_channels: int, kernel_si
                   dilation: IntOrPair = 1, groups: int = 1, bias: bool = False,
                   **options) -> nn.Module:
     """Build a conv of type ``conv_type`` ('static', 'dynamic', 'a2d2c', 'a2d2c_plus',
-    'condconv').
+    'condconv', 'odconv').
 
     ``padding=None`` is ``(k - 1) // 2 * dilation``. ``options`` are the type's own knobs
     (``conv_options(conv_type)`` lists them); an unknown one is an error, not ignored.

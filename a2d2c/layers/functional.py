@@ -53,7 +53,60 @@ def conv_responses(x: torch.Tensor, weight: torch.Tensor, stride, padding, dilat
     return out.reshape(b, k, o, h, w)
 
 
+def _tap_major(attn: torch.Tensor, weight: torch.Tensor):
+    """B x K x kh x kw and K x O x Cg x kh x kw as T x B x K and T x K x (O*Cg), T = kh*kw taps."""
+    b, k = attn.shape[:2]
+    taps = attn.shape[2] * attn.shape[3]
+    return attn.reshape(b, k, taps).permute(2, 0, 1), weight.reshape(k, -1, taps).permute(2, 0, 1)
+
+
 def aggregate_kernels(attn: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """sum_k attn_bk W_k as one matrix product: B x K, K x O x ... -> B x O x ..."""
+    """sum_k attn_bk W_k as one matrix product: B x K, K x O x ... -> B x O x ...
+
+    ``attn`` may also be tap-wise, B x K x kh x kw (ODConv's kernel and spatial attentions):
+    W_b[..., r, s] = sum_k attn_bkrs W_k[..., r, s], one matrix product per tap.
+    """
     k = weight.shape[0]
-    return (attn @ weight.reshape(k, -1)).reshape(attn.shape[0], *weight.shape[1:])
+    if attn.dim() == 2:
+        return (attn @ weight.reshape(k, -1)).reshape(attn.shape[0], *weight.shape[1:])
+    a, w = _tap_major(attn, weight)
+    return torch.bmm(a, w).permute(1, 2, 0).reshape(attn.shape[0], *weight.shape[1:])
+
+
+def aggregate_kernels_backward(grad_kernels: torch.Tensor, attn: torch.Tensor, weight: torch.Tensor,
+                               need_attn: bool, need_weight: bool):
+    """dL/dattn and dL/dweight of ``aggregate_kernels`` from dL/dW_b (B x O x Cg x kh x kw):
+    dL/dattn_bk = <dL/dW_b, W_k> (per tap when tap-wise), dL/dW_k = sum_b attn_bk dL/dW_b."""
+    b, k = attn.shape[:2]
+    grad_attn = grad_weight = None
+    if attn.dim() == 2:
+        grad_kernels = grad_kernels.reshape(b, -1)
+        if need_attn:
+            grad_attn = grad_kernels @ weight.reshape(k, -1).T
+        if need_weight:
+            grad_weight = (attn.T @ grad_kernels).reshape(weight.shape)
+        return grad_attn, grad_weight
+    a, w = _tap_major(attn, weight)
+    g = grad_kernels.reshape(b, -1, a.shape[0]).permute(2, 0, 1)  # T x B x (O*Cg)
+    if need_attn:
+        grad_attn = torch.bmm(g, w.transpose(1, 2)).permute(1, 2, 0).reshape(attn.shape)
+    if need_weight:
+        grad_weight = torch.bmm(a.transpose(1, 2), g).permute(1, 2, 0).reshape(weight.shape)
+    return grad_attn, grad_weight
+
+
+def tap_scaled_responses(x: torch.Tensor, taps: torch.Tensor, weight: torch.Tensor, stride, padding,
+                         dilation, groups: int) -> torch.Tensor:
+    """R_bk = (s_b * W_k) conv x_b for every k, s_b: per-sample tap weights (B x kh x kw), returned as
+    B x K x O x H' x W'. The tap weights multiply im2col's columns (each column entry belongs to one
+    tap), so all K responses of all samples are one matrix product with the shared kernels."""
+    b, c, h, w = x.shape
+    k, o, cg, kh, kw = weight.shape
+    cols = F.unfold(x, (kh, kw), dilation=dilation, padding=padding, stride=stride)  # B x (C*kh*kw) x L
+    positions = cols.shape[-1]
+    cols = (cols.view(b, c, kh * kw, positions) * taps.reshape(b, 1, kh * kw, 1)).view(b, groups, cg * kh * kw, positions)
+    kernels = weight.reshape(k, groups, o // groups, cg * kh * kw).transpose(0, 1).reshape(groups, -1, cg * kh * kw)
+    out = kernels @ cols  # B x g x (K*O/g) x L
+    ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    out = out.view(b, groups, k, o // groups, positions).transpose(1, 2)
+    return out.reshape(b, k, o, ho, positions // ho)

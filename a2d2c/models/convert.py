@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from a2d2c.layers import (A2D2CPlusConv2d, CondConv2d, MixtureConv2d, check_conv_options, check_conv_type,
+from a2d2c.layers import (A2D2CPlusConv2d, CondConv2d, MixtureConv2d, ODConv2d, check_conv_options, check_conv_type,
                           create_conv2d)
 
 __all__ = ["CONVERT_MODES", "convert_convs", "find_stem_conv", "inflate_conv", "init_conv_kernels"]
@@ -61,6 +61,9 @@ def inflate_conv(conv: nn.Module, static: nn.Conv2d) -> None:
     ``condconv``: its sigmoid gates need not sum to 1, so its routing starts at zero (every
     gate 1/2) and each kernel at 2/K of the static one.
 
+    ``odconv``: its channel, filter and spatial heads start at zero (each attention 1/2) and each
+    kernel at 2^heads times the static one, so the product of the three halves and the mix give W.
+
     ``a2d2c_plus``: W_0 (and its bias) is the static kernel and the shared up-projection U is
     zero, so U Σ_k α_k (V_k ⋆ x) adds nothing at start (its depthwise form too: there U scales
     each channel). U = 0 rather than V_k = 0: with the
@@ -84,6 +87,17 @@ def inflate_conv(conv: nn.Module, static: nn.Conv2d) -> None:
         conv.weight.mul_(2 / conv.num_kernels)
         if conv.bias is not None:
             conv.bias.mul_(2 / conv.num_kernels)
+    if isinstance(conv, ODConv2d):
+        # The sigmoid heads (channel, filter, spatial) with zero weights give 1/2 for every input;
+        # the kernel softmax sums to 1. W_k = 2^heads W makes alpha_f alpha_c alpha_s sum_k alpha_wk W_k = W,
+        # and the bias, which only the filter attention scales, is 2 b where there is one.
+        heads = conv.omni_attention.heads()
+        for fc in heads:
+            nn.init.zeros_(fc.weight)
+            nn.init.zeros_(fc.bias)
+        conv.weight.mul_(2.0 ** len(heads))
+        if conv.bias is not None and conv.omni_attention.filter_fc is not None:
+            conv.bias.mul_(2.0)
 
 
 def _excluded(name: str, patterns: Sequence[str]) -> bool:

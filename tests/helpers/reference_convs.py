@@ -56,6 +56,39 @@ def ref_condconv(m, x):
     return ref_per_sample_mixture(m, x, r)
 
 
+def ref_odconv(m, x):
+    """ODConv from its formula: h = ReLU(BN(W_fc GAP(x))) (batch statistics in training when B > 1,
+    else the running ones), sigmoid heads alpha_c, alpha_f, alpha_s and a softmax alpha_w, all over tau;
+    y_b = alpha_f * conv(alpha_c * x_b, sum_k alpha_wk (alpha_s * W_k)) (+ alpha_f sum_k alpha_wk b_k).
+    A head the layer skips counts as ones."""
+    a, tau = m.omni_attention, m.temperature
+    b = x.shape[0]
+    z = (x.sum((2, 3)) / (x.shape[2] * x.shape[3])) @ a.fc.weight.T
+    if m.training and b > 1:
+        mean, var = z.mean(0), ((z - z.mean(0)) ** 2).mean(0)
+    else:
+        mean, var = a.bn.running_mean, a.bn.running_var
+    h = torch.relu((z - mean) / torch.sqrt(var + a.bn.eps) * a.bn.weight + a.bn.bias)
+
+    def head(fc, size, squash):
+        return torch.ones(b, size, dtype=x.dtype) if fc is None else squash((h @ fc.weight.T + fc.bias) / tau)
+
+    sigmoid = lambda t: 1 / (1 + torch.exp(-t))  # noqa: E731
+    kh, kw = m.kernel_size
+    channel = head(a.channel_fc, m.in_channels, sigmoid)
+    filt = head(a.filter_fc, m.out_channels, sigmoid)
+    spatial = head(a.spatial_fc, kh * kw, sigmoid).view(b, kh, kw)
+    kernel = head(a.kernel_fc, m.num_kernels, lambda t: torch.softmax(t, dim=1)) if m.num_kernels > 1 \
+        else torch.ones(b, 1, dtype=x.dtype)
+    outs = []
+    for i in range(b):
+        w = sum(kernel[i, k] * spatial[i] * m.weight[k] for k in range(m.num_kernels))
+        bias = None if m.bias is None else sum(kernel[i, k] * m.bias[k] for k in range(m.num_kernels))
+        y = ref_conv(x[i:i + 1] * channel[i].view(1, -1, 1, 1), w, bias, m.stride, m.padding, m.dilation, m.groups)
+        outs.append(y * filt[i].view(1, -1, 1, 1))
+    return torch.cat(outs)
+
+
 def ref_local_attention(m, x, responses):
     """responses: list of K tensors B x O x H' x W' -> alpha B x K x H' x W'."""
     evidence = torch.cat([torch.stack([r.mean(1) for r in responses], 1),
@@ -150,4 +183,6 @@ def reference(m, x):
         return ref_a2d2c(m, x)
     if hasattr(m, "routing"):
         return ref_condconv(m, x)
+    if hasattr(m, "omni_attention"):
+        return ref_odconv(m, x)
     return ref_dynamic(m, x)

@@ -80,8 +80,9 @@ def test_huge_temperature_gives_the_mean_kernel(conv_type):
         assert rel_err(m(x), expected) < 1e-9
 
 
-# condconv's single kernel is scaled by its sigmoid gate (test_cond_conv.py checks that limit)
-@pytest.mark.parametrize("conv_type", [t for t in DYNAMIC_TYPES if t != "condconv"])
+# condconv's and odconv's single kernel is scaled by sigmoid gates (test_cond_conv.py and test_od_conv.py
+# check those limits)
+@pytest.mark.parametrize("conv_type", [t for t in DYNAMIC_TYPES if t not in ("condconv", "odconv")])
 @pytest.mark.parametrize("grouping", GROUPINGS)
 def test_single_kernel_is_a_static_conv(conv_type, grouping):
     m = build(conv_type, grouping, stride=2, num_kernels=1).double()
@@ -135,7 +136,7 @@ def test_parameter_shapes_and_attention_shapes(conv_type):
     else:
         assert m.weight.shape == (3, 12, 4, 3, 3) and m.bias.shape == (3, 12)
     attn = m.attention(x)
-    assert attn.shape == ((2, 3) if conv_type in ("dynamic", "condconv") else (2, 3, 5, 5))
+    assert attn.shape == ((2, 3) if conv_type in ("dynamic", "condconv", "odconv") else (2, 3, 5, 5))
     if conv_type == "condconv":  # independent sigmoid gates
         assert ((attn > 0) & (attn < 1)).all()
     else:

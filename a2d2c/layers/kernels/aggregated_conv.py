@@ -24,7 +24,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ..functional import aggregate_kernels
+from ..functional import aggregate_kernels, aggregate_kernels_backward
 from .health import HEALTH
 from .per_sample_conv import per_sample_conv, per_sample_conv_backward
 
@@ -110,13 +110,7 @@ class _PerSampleConv(torch.autograd.Function):
             grad_x, grad_kernels = backward(grad_out, x, aggregate_kernels(attn, weight), *ctx.conv, needs)
         grad_attn = grad_weight = None
         if grad_kernels is not None:
-            # dL/dpi_bk = <dL/dW_b, W_k>,  dL/dW_k = sum_b pi_bk dL/dW_b
-            grad_kernels = grad_kernels.reshape(x.shape[0], -1)
-            k = weight.shape[0]
-            if need_attn:
-                grad_attn = grad_kernels @ weight.reshape(k, -1).T
-            if need_weight:
-                grad_weight = (attn.T @ grad_kernels).reshape(weight.shape)
+            grad_attn, grad_weight = aggregate_kernels_backward(grad_kernels, attn, weight, need_attn, need_weight)
         return grad_x, grad_attn, grad_weight, None, None, None, None, None
 
 
@@ -141,6 +135,8 @@ def aggregated_conv(x: torch.Tensor, attn: torch.Tensor, weight: torch.Tensor,
                     method: str = "grouped", save_kernels: bool = False) -> torch.Tensor:
     """conv(x_b, sum_k attn_bk W_k) + sum_k attn_bk b_k for every sample b.
 
+    ``attn``: B x K, or tap-wise B x K x kh x kw (``aggregate_kernels``; no bias then: a bias has no taps).
+
     ``method``: "grouped" (one grouped conv), "unfold" (im2col + batched matmul) or "triton"
     (per_sample_conv.py; the caller checks ``per_sample_conv_applies``).
     ``save_kernels=True`` is the plain autograd version that keeps the per-sample kernels
@@ -148,6 +144,8 @@ def aggregated_conv(x: torch.Tensor, attn: torch.Tensor, weight: torch.Tensor,
     in an ordinary conv.
     """
     b = x.shape[0]
+    if bias is not None and attn.dim() != 2:
+        raise ValueError(f"a bias needs per-sample attention B x K, got attention of shape {tuple(attn.shape)}")
     if method == "triton" and not HEALTH.usable("per_sample_conv", x):
         method = "grouped"  # the check failed: the warning is out, the grouped conv computes the same
     out = None
