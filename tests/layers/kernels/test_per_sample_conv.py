@@ -23,7 +23,7 @@ def test_kernels_under_the_interpreter():
 
 def per_sample_f_conv(x, attn, weight, stride, padding, dilation):
     """One F.conv2d per sample with its aggregated kernel: the plainest statement of the operator."""
-    kernels = aggregate_kernels(attn, weight)
+    kernels = sample_kernels(attn, weight)
     return torch.cat([F.conv2d(x[i:i + 1], kernels[i], None, stride, padding, dilation) for i in range(len(x))])
 
 
@@ -33,19 +33,25 @@ SHAPES = [(5, 7, 3, (1, 1), (1, 1), (1, 1), 6, 5), (5, 7, 3, (2, 2), (1, 1), (1,
           (6, 4, 5, (1, 2), (2, 2), (1, 1), 8, 9)]
 
 
+def sample_kernels(attn, weight):
+    """W_b: B x K attn mixes whole kernels, B x K x kh x kw (tap-wise) mixes each tap (r, s) on its own."""
+    return aggregate_kernels(attn, weight) if attn.dim() == 2 else torch.einsum("bkrs,kocrs->bocrs", attn, weight)
+
+
 @needs_interpreter
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_kernels_equal_per_sample_conv2d_with_both_gradients(shape, channels_last):
+@pytest.mark.parametrize("tapwise", [False, True])
+def test_kernels_equal_per_sample_conv2d_with_both_gradients(shape, channels_last, tapwise):
     c, o, k, stride, padding, dilation, h, w = shape
     x = torch.randn(3, c, h, w)
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
-    attn, weight = torch.randn(3, 4).softmax(1), torch.randn(4, o, c, k, k)
+    attn, weight = torch.randn(3, 4, *((k, k) if tapwise else ())).softmax(1), torch.randn(4, o, c, k, k)
     y = per_sample_conv(x, attn, weight, stride, padding, dilation)
     assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     x_ref = x.detach().clone().requires_grad_()
-    kernels = aggregate_kernels(attn, weight).requires_grad_()
+    kernels = sample_kernels(attn, weight).requires_grad_()
     y_ref = torch.cat([F.conv2d(x_ref[i:i + 1], kernels[i], None, stride, padding, dilation) for i in range(3)])
     grad_y = torch.randn_like(y_ref)
     grad_x_ref, grad_kernels_ref = torch.autograd.grad(y_ref, [x_ref, kernels], grad_y)
@@ -55,8 +61,10 @@ def test_kernels_equal_per_sample_conv2d_with_both_gradients(shape, channels_las
 
 
 @needs_interpreter
-def test_half_precision_inputs_accumulate_in_float():
-    x, attn, weight = torch.randn(2, 8, 6, 6), torch.randn(2, 3).softmax(1), torch.randn(3, 16, 8, 3, 3)
+@pytest.mark.parametrize("tapwise", [False, True])
+def test_half_precision_inputs_accumulate_in_float(tapwise):
+    x, attn = torch.randn(2, 8, 6, 6), torch.randn(2, 3, *((3, 3) if tapwise else ())).softmax(1)
+    weight = torch.randn(3, 16, 8, 3, 3)
     expected = per_sample_f_conv(x, attn, weight, (1, 1), (1, 1), (1, 1))
     y = per_sample_conv(x.half(), attn.half(), weight.half(), (1, 1), (1, 1), (1, 1))
     assert y.dtype == torch.float16 and rel_err(y, expected) < 2e-3

@@ -4,7 +4,8 @@ configurations its host wrapper launches: no GPU and no interpreter needed.
 The launches are not a hand-kept list. Every ``@triton.jit`` function of the kernel modules that no
 other kernel calls is a launched kernel; each is replaced by a recorder, the conv layers run forward
 and backward on CPU as if on a GPU (every conv type, dense / strided / depthwise / 1x1, NCHW and
-channels_last, with and without bias, small and large maps), and each recorded launch (argument
+channels_last, with and without bias, small and large maps; plus direct launches of
+what no layer launches yet: tap-wise per_sample_conv), and each recorded launch (argument
 types and constexpr values) is compiled with ``triton.compile(..., target=GPUTarget("cuda", cc, 32))``.
 A kernel no layer launches fails the test: a new kernel is covered once a layer uses it.
 
@@ -93,6 +94,12 @@ LAYERS = [
 SIZES = (1, 5, 14)  # maps of 1, 25 and 196 positions: every response block shape
 
 
+def tapwise_per_sample_conv(dtype):
+    """per_sample_conv with tap-wise B x K x kh x kw attn (TAPWISE=True), as ODConv will launch it."""
+    x, attn, weight = (torch.randn(*shape, dtype=dtype) for shape in ((2, 8, 5, 5), (2, 4, 3, 3), (4, 16, 8, 3, 3)))
+    y = per_sample_conv.per_sample_conv(x, attn, weight, (1, 1), (1, 1), (1, 1))
+    per_sample_conv.per_sample_conv_backward(torch.ones_like(y), x, attn, weight, (1, 1), (1, 1), (1, 1), (True, False))
+
 def record_launches(monkeypatch) -> set:
     launches = set()
     kernels = {}
@@ -113,6 +120,8 @@ def record_launches(monkeypatch) -> set:
         out.backward(torch.ones_like(out))
         with torch.no_grad():
             layer(x)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):  # until a layer (ODConv) launches it
+        tapwise_per_sample_conv(dtype)
     missing = [f"{module}.{name}" for module, name in kernels
                if not any(launch[:2] == (module, name) for launch in launches)]
     assert not missing, f"no layer launches {missing}: add one that does to LAYERS"
