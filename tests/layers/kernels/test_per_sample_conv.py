@@ -73,8 +73,11 @@ def test_half_precision_inputs_accumulate_in_float(tapwise):
 @needs_interpreter
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("bias", [True, False])
-def test_triton_path_matches_the_naive_reference_and_the_aggregate_path_gradients(stride, bias):
-    m = create_conv2d("dynamic", 6, 10, 3, stride=stride, bias=bias, path="triton", temperature=0.7)
+@pytest.mark.parametrize("conv_type", ["dynamic", "odconv"])  # odconv: tap-wise attention (its spatial head)
+def test_triton_path_matches_the_naive_reference_and_the_aggregate_path_gradients(stride, bias, conv_type):
+    m = create_conv2d(conv_type, 6, 10, 3, stride=stride, bias=bias, path="triton", temperature=0.7)
+    if conv_type == "odconv":
+        m.eval()  # its attention's BN: the reference and the second forward see the same statistics
     x = torch.randn(3, 6, 9, 8)
     assert m.select_path(x) == "triton"
     out = m(x)
