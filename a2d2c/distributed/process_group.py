@@ -164,9 +164,13 @@ def _convert_to_gloo_sync(module: nn.Module) -> nn.Module:
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlooSyncBatchNorm):
         synced = GlooSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
                                    module.track_running_stats)
+        # The BN's own device and dtype, before the values are copied: a float64 model stays float64.
+        like = next((t for t in module.state_dict().values() if t.is_floating_point()), None)
+        if like is not None:
+            synced.to(device=like.device, dtype=like.dtype)
         synced.load_state_dict(module.state_dict())
         synced.train(module.training)
-        return synced.to(next(module.buffers(), torch.empty(0)).device)
+        return synced
     for name, child in module.named_children():
         module.add_module(name, _convert_to_gloo_sync(child))
     return module

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import NamedTuple, Optional, Tuple
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -33,7 +34,9 @@ class OmniAttention(nn.Module):
     channel", ODConv#5/#23/#27/#35). Here a one-sample training batch is normalised with the running
     statistics, as in eval mode, and leaves them unchanged; every larger batch uses its own
     statistics, as BatchNorm does. The BN is an ``nn.BatchNorm1d``, so SyncBN conversion and
-    ``model.eval()`` treat it like every other BN in the network.
+    ``model.eval()`` treat it like every other BN in the network; a synced BN in a job of several
+    processes has the global batch, so it normalises a one-sample local batch itself (and every
+    process takes part in its all-reduce, as it must).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: Tuple[int, int], groups: int = 1,
@@ -67,7 +70,7 @@ class OmniAttention(nn.Module):
 
     def _normalise(self, z: torch.Tensor) -> torch.Tensor:
         bn = self.bn
-        if self.training and z.shape[0] == 1 and bn.track_running_stats:
+        if self.training and z.shape[0] == 1 and bn.track_running_stats and not _spans_processes(bn):
             return F.batch_norm(z, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
         return bn(z)
 
@@ -79,3 +82,9 @@ class OmniAttention(nn.Module):
             spatial = spatial.view(-1, *self.kernel_size)
         kernel = None if self.kernel_fc is None else torch.softmax(self.kernel_fc(h) / temperature, dim=1)
         return OmniHeads(sigmoid(self.channel_fc), sigmoid(self.filter_fc), spatial, kernel)
+
+
+def _spans_processes(bn: nn.Module) -> bool:
+    """A BN converted to a synced one (torch's SyncBatchNorm, the gloo one), in a multi-process job."""
+    return type(bn) is not nn.BatchNorm1d and dist.is_available() and dist.is_initialized() \
+        and dist.get_world_size() > 1

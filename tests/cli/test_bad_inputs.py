@@ -13,7 +13,7 @@ from PIL import Image
 from a2d2c.data.imagenet import build_imagenet
 from a2d2c.data.tolerant_folder import TolerantImageFolder
 from a2d2c.cli.overrides import RENAMED_PRESETS, check_group_choices
-from a2d2c.layers import create_conv2d
+from a2d2c.layers import CONV_TYPES, create_conv2d
 from a2d2c.errors import ConfigError
 from helpers.cli import assert_one_line_error
 from helpers.train_utils import CONFIG_DIR, QUIET, TINY, compose_config, run_script
@@ -80,7 +80,7 @@ def test_no_epochs_to_train_is_one_config_error_pointing_at_eval(epochs, tmp_pat
 
 
 # ------------------------------------------------------------------ shapes that do not divide
-@pytest.mark.parametrize("conv_type", ["static", "dynamic", "a2d2c", "a2d2c_plus", "condconv"])
+@pytest.mark.parametrize("conv_type", CONV_TYPES)
 def test_groups_that_do_not_divide_the_channels_are_one_config_error(conv_type):
     with pytest.raises(ConfigError, match=r"^groups=4 must divide in_channels=6 and out_channels=8$"):
         create_conv2d(conv_type, 6, 8, 3, groups=4)

@@ -214,3 +214,29 @@ def test_trains_two_steps_through_the_config_with_tau_annealing(tmp_path):
     assert results["final"]["step"] == 2
     assert torch.isfinite(torch.tensor(results["final"]["train/loss"]))
     assert all(float(m.temperature) < 30.0 for m in layers)
+
+
+def _one_sample_per_process(rank, world, init_file, x, state, out_dir):
+    import torch.distributed as dist
+    from a2d2c.distributed.process_group import convert_sync_batchnorm
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        m = convert_sync_batchnorm(create_conv2d("odconv", 4, 6, 3, bias=True).double(), torch.device("cpu"))
+        m.load_state_dict(state)
+        out = m.train()(x[rank:rank + 1])
+        torch.save({"out": out.detach(), "running_mean": m.omni_attention.bn.running_mean}, f"{out_dir}/{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_synced_batch_norm_normalises_one_sample_per_process_over_the_global_batch(tmp_path):
+    # Two gloo processes with one sample each, the attention's BN converted as trainer.sync_bn does:
+    # the global batch of two, as one process with both samples computes it.
+    m = build()
+    x = torch.randn(2, 4, 6, 5, dtype=torch.float64)
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    torch.multiprocessing.spawn(_one_sample_per_process, args=(2, tmp_path / "init", x, state, tmp_path), nprocs=2)
+    expected = m.train()(x).detach()
+    results = [torch.load(tmp_path / f"{rank}.pt") for rank in range(2)]
+    assert rel_err(torch.cat([r["out"] for r in results]), expected) < 1e-10
+    assert all(torch.allclose(r["running_mean"], m.omni_attention.bn.running_mean) for r in results)

@@ -9,12 +9,12 @@ import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
-from a2d2c.layers import CONV_TYPES, A2D2CConv2d, A2D2CPlusConv2d, CondConv2d, DynamicConv2d, MixtureConv2d
+from a2d2c.layers import CONV_TYPES, A2D2CConv2d, A2D2CPlusConv2d, CondConv2d, DynamicConv2d, MixtureConv2d, ODConv2d
 from a2d2c.models import BACKBONES, build_classifier, convert_convs
 
 DYNAMIC_TYPES = tuple(t for t in CONV_TYPES if t != "static")
 CONV_CLASSES = {"dynamic": DynamicConv2d, "a2d2c": A2D2CConv2d, "a2d2c_plus": A2D2CPlusConv2d,
-                "condconv": CondConv2d}
+                "condconv": CondConv2d, "odconv": ODConv2d}
 HYPER_PARAMETERS = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
                     "groups")
 
