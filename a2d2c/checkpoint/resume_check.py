@@ -22,7 +22,7 @@ from a2d2c.errors import ConfigError
 IGNORED = ("trainer.resume", "trainer.resume_allow", "trainer.progress_bar", "trainer.log_every",
            "trainer.keep_last", "trainer.checkpoint_every_steps", "trainer.eval_batch_size", "trainer.device",
            "logger", "dataset.root", "dataset.num_workers", "dataset.download", "dataset.bad_images",
-           "recipe")
+           "recipe", "trainer.attention")
 FIXED = ("backbone", "conv", "detector", "dataset", "task", "seed")
 # τ's schedule: under the fixed conv node, but how the run trains, so applied when listed in trainer.resume_allow.
 TAU_SCHEDULE, NO_TAU_CONVS = "conv.tau_schedule", ("static", "condconv")

@@ -21,6 +21,7 @@ from a2d2c.checkpoint import files as ckpt
 from a2d2c.checkpoint.run_state import resume_run, save_run_checkpoint
 from a2d2c.config_checks import unverified_recipe_line
 from a2d2c.distributed import process_group as distributed
+from a2d2c.engine.attention_monitor import AttentionMonitor
 from a2d2c.engine.build import build_run
 from a2d2c.engine.divergence import DivergenceGuard
 from a2d2c.engine.preemption import Preempted, PreemptionNotice
@@ -62,6 +63,8 @@ class Trainer:
         if cfg.trainer.resume or continue_job:
             resume_run(self, cfg.trainer.resume or "auto", asked=bool(cfg.trainer.resume))
         self._open_trackers()
+        self.attention = AttentionMonitor.from_config(self.model, cfg.trainer.get("attention"),
+                                                      pictures=self.tracker is not None)
 
     # ----------------------------------------------------------------------------------- setup
     def _open_trackers(self):
@@ -233,8 +236,14 @@ class Trainer:
         distributed.broadcast_buffers(self.model)
         if self.ema is not None:
             distributed.broadcast_buffers(self.ema.module)
-        results = self.task.evaluate(self.eval_model, self.eval_loader, self.device, self.amp_dtype, self.memory_format)
+        with self.attention.watching():  # forward hooks on the model's attention layers (engine/attention_monitor.py)
+            results = self.task.evaluate(self.eval_model, self.eval_loader, self.device, self.amp_dtype,
+                                         self.memory_format)
         metrics = {f"{split}/{k}": v for k, v in results.items()}
+        annealed = self.anneal is None or self.epoch + 1 >= self.anneal.epochs  # τ at its end by this evaluation
+        metrics.update(self.attention.metrics(annealed, self.dist.is_main))
+        if self.tracker is not None:
+            self.tracker.log_images("attention_maps", self.attention.pictures(), step=self.step)
         if self.ema is not None:
             ema_results = self.task.evaluate(self.ema.module, self.eval_loader, self.device, self.amp_dtype, self.memory_format)
             metrics.update({f"{split}_ema/{k}": v for k, v in ema_results.items()})

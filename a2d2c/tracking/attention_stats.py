@@ -35,7 +35,8 @@ def attention_layers(model: nn.Module) -> Dict[str, nn.Module]:
 
 def kernel_distribution(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The layer's distribution over its K kernels for input x, as B x K x P (P = 1 per sample, else positions)."""
-    attn = layer.attention(x).float()
+    attn = layer.attention(x)
+    attn = attn.to(torch.promote_types(attn.dtype, torch.float32))  # float64 stays, bf16 / fp16 widen
     if isinstance(layer, CondConv2d):
         attn = attn / attn.sum(1, keepdim=True)
     return attn.reshape(attn.shape[0], attn.shape[1], -1)
@@ -50,16 +51,16 @@ def normalised_entropy(p: torch.Tensor, dim: int = 1) -> torch.Tensor:
 class AttentionStats:
     """Sums over evaluation units, per layer; ``result()`` after ``all_reduce()`` is exact under DDP."""
 
-    def __init__(self, layers: Dict[str, nn.Module]):
+    def __init__(self, layers: Dict[str, nn.Module], device=None):
+        # On the model's device from the start: a rank whose shard had no batch still all-reduces with the others.
         self.num_kernels = {name: layer.num_kernels for name, layer in layers.items()}
-        self.totals = {name: torch.zeros(k + 2, dtype=torch.float64) for name, k in self.num_kernels.items()}
+        self.totals = {name: torch.zeros(k + 2, dtype=torch.float64, device=device)
+                       for name, k in self.num_kernels.items()}
 
     def update(self, name: str, p: torch.Tensor) -> None:
         """p: B x K x P distributions."""
         total = self.totals[name]
-        if total.device != p.device:
-            self.totals[name] = total = total.to(p.device)
-        p = p.double()
+        p = p.to(total.device, torch.float64)
         total[0] += normalised_entropy(p).sum()
         total[1] += p.shape[0] * p.shape[2]
         total[2:] += p.sum((0, 2))
@@ -110,7 +111,8 @@ class AttentionProbe:
     def __init__(self, model: nn.Module, keep: int = 0):
         self.model = model
         self.layers = attention_layers(model)
-        self.stats = AttentionStats(self.layers)
+        param = next(model.parameters(), None)
+        self.stats = AttentionStats(self.layers, None if param is None else param.device)
         self.keep = keep
         self.images: Optional[torch.Tensor] = None
         self.examples: Dict[str, torch.Tensor] = {}

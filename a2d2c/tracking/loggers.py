@@ -47,6 +47,12 @@ class WandbLogger:
     def log(self, metrics: dict, step: int):
         self._run.log(metrics, step=step)
 
+    def log_images(self, key: str, images, step: int):
+        """[(caption, H x W x 3 uint8 array)] as one list of wandb images under `key` (nothing when empty)."""
+        if images:
+            import wandb
+            self._run.log({key: [wandb.Image(image, caption=caption) for caption, image in images]}, step=step)
+
     def summary(self, values: dict):
         self._run.summary.update(values)
 
