@@ -43,7 +43,10 @@ def test_smoke_run_on_cpu_goes_end_to_end(tmp_path):
     assert report["smoke"] and {(v["conv"], v["backbone"]) for v in report["targets"]} == set(gpu_check.TARGETS)
     assert all(v["speed_vs_static"] > 0 and v["saved_vs_static"] > 0 for v in report["targets"])
     assert report["cuda_tests"]["failed"] == 0 and (tmp_path / "gpu_tests.log").is_file()
-    assert "wiring only, no target judged" in (tmp_path / "gpu_check.md").read_text()
+    text = (tmp_path / "gpu_check.md").read_text()
+    assert "wiring only, no target judged" in text
+    from a2d2c.layers import CONV_TYPES  # every type measured, judged or not
+    assert all(f"| {conv} | resnet18 |" in text for conv in CONV_TYPES)
 
 
 def test_without_cuda_the_full_check_refuses_in_one_line(tmp_path, capsys):
