@@ -22,19 +22,22 @@ def test_digits_demo_trains_the_four_conv_types_and_writes_the_table_and_the_plo
     assert sorted(r["config"]["conv"]["type"] for r in results) == ["a2d2c", "a2d2c_plus", "dynamic", "static"]
     assert all(r["config"]["trainer"]["epochs"] == 1 for r in results)
     lines = (tmp_path / "digits_demo.md").read_text().splitlines()
-    assert lines[0].startswith("| dataset | model | conv | params | MAdds | top-1 |")
+    assert lines[0].startswith("| dataset | model | conv | K | params | MAdds | top-1 |")
     rows = {row[2].strip(): row for row in (line.split("|")[1:-1] for line in lines[2:])}
     assert list(rows) == ["static", "dynamic", "a2d2c", "a2d2c_plus"]
     for r in results:
         row = rows[r["config"]["conv"]["type"]]
-        assert row[3].strip() == f"{r['params'] / 1e6:.1f}M" and row[5].strip() == f"{r['best']['test/top1']:.2f}"
+        assert row[3].strip() == ("" if r["config"]["conv"]["type"] == "static" else "4")
+        assert row[4].strip() == f"{r['params'] / 1e6:.1f}M" and row[6].strip() == f"{r['best']['test/top1']:.2f}"
     assert (tmp_path / "digits_demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def fake_run(directory: Path, backbone, conv, seed, top1, params=1_000_000, macs=50_000_000):
+def fake_run(directory: Path, backbone, conv, seed, top1, params=1_000_000, macs=50_000_000, num_kernels=4):
+    """A finished run's results.json, with the keys of the resolved config that the table reads."""
     directory.mkdir(parents=True)
+    options = {} if conv == "static" else {"num_kernels": num_kernels}
     config = {"dataset": {"name": "imagenet", "eval_split": "val"}, "backbone": {"name": backbone},
-              "conv": {"type": conv}, "seed": seed}
+              "conv": {"type": conv, "options": options}, "seed": seed}
     (directory / "results.json").write_text(json.dumps(
         {"final": {}, "best": {"val/top1": top1}, "params": params, "macs": macs, "config": config}))
 
@@ -47,10 +50,11 @@ def test_make_table_averages_seeds_and_puts_the_paper_numbers_beside_ours(tmp_pa
     proc = run_script("scripts/make_table.py", tmp_path, "--table", "dyconv_imagenet", "--out", out, "--plot", plot)
     assert proc.returncode == 0, proc.stderr
     lines = out.read_text().splitlines()
-    assert lines[0] == ("| dataset | model | conv | params | MAdds | top-1 | runs | paper params | paper MAdds "
+    assert lines[0] == ("| dataset | model | conv | K | params | MAdds | top-1 | runs | paper params | paper MAdds "
                         "| paper top-1 |")
-    assert lines[2] == "| imagenet | resnet18 | static | 11.7M | 1.81G | 70.00 | 1 | 11.1M | 1.81G | 70.4 |"
-    assert lines[3] == "| imagenet | resnet18 | dynamic | 45.5M | 1.86G | 72.50 ± 0.71 | 2 | 42.7M | 1.85G | 72.7 |"
+    assert lines[2] == "| imagenet | resnet18 | static |  | 11.7M | 1.81G | 70.00 | 1 | 11.1M | 1.81G | 70.4 |"
+    assert lines[3] == ("| imagenet | resnet18 | dynamic | 4 | 45.5M | 1.86G | 72.50 ± 0.71 | 2 | 42.7M | 1.85G "
+                        "| 72.7 |")
     assert plot.read_bytes()[:4] == b"\x89PNG"
 
 
