@@ -18,7 +18,8 @@ def _series(rows) -> list:
 
 def accuracy_figure(rows, title=None, reference=None):
     """The matplotlib figure: one panel per PANELS entry, one line per (conv, K), paper numbers dashed
-    in the same colour where `reference` (reference_key -> {"params", "macs", "metric"}) has them."""
+    in the same colour where `reference` (reference_key -> {"params", "macs", "metric"}) has them for the
+    rows' backbones."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -26,6 +27,7 @@ def accuracy_figure(rows, title=None, reference=None):
 
     fig, axes = plt.subplots(1, len(PANELS), figsize=(6.4 * len(PANELS), 4.8), sharey=True)
     metric = rows[0].metric if rows else "top1"
+    backbones = {r.backbone for r in rows}  # the paper's points for the models of the table, not all of its own
     for ax, (x, xlabel) in zip(axes, PANELS):
         for i, (conv, k) in enumerate(_series(rows)):
             ours = sorted((r for r in rows if (r.conv, r.num_kernels) == (conv, k)), key=lambda r: getattr(r, x))
@@ -34,8 +36,8 @@ def accuracy_figure(rows, title=None, reference=None):
             for r in ours:
                 ax.annotate(r.backbone, (getattr(r, x) / 1e6, r.mean), fontsize=7, textcoords="offset points",
                             xytext=(3, 3))
-            paper = sorted((v for (_, c, pk), v in (reference or {}).items()
-                            if (c, pk) == (conv, k) and v.get("metric") is not None and v.get(x)),
+            paper = sorted((v for (b, c, pk), v in (reference or {}).items()
+                            if b in backbones and (c, pk) == (conv, k) and v.get("metric") is not None and v.get(x)),
                            key=lambda v: v[x])
             if paper:
                 ax.plot([v[x] / 1e6 for v in paper], [v["metric"] for v in paper], "s--", color=color, alpha=0.6,
