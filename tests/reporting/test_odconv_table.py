@@ -68,7 +68,8 @@ def test_the_uncounted_attention_scalings_are_what_the_notes_say(backbone, scali
                 module.register_forward_hook(hook)
         model(torch.zeros(1, 3, 224, 224))
     assert sum(counted) == pytest.approx(scalings, abs=0.05e6)
+    note = ODCONV_NOTES[(backbone, "odconv")]
+    assert f"are {sum(counted) / 1e6:.1f}M MAdds" in note, note
     with_them = {r["num_kernels"]: (r["macs"] + sum(counted)) / r["paper"]["macs"] - 1
                  for r in rows if r["backbone"] == backbone and r["conv"] == "odconv"}
-    note = ODCONV_NOTES[(backbone, "odconv")]
     assert f"with them {percent(with_them[1])} and {percent(with_them[4])}" in note, (note, with_them)
