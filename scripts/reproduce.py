@@ -8,10 +8,13 @@
     python scripts/reproduce.py --table a2d2c_imagenet --slurm --dry-run   # print the commands only
     python scripts/reproduce.py --list
     python scripts/reproduce.py --table dyconv_imagenet --plan        # no data, no GPU: the rows, ours vs the paper's
+    python scripts/reproduce.py --table odconv_imagenet --plan        # ODConv 1x / 4x: K is part of a row
+    python scripts/reproduce.py --table conv_types_cifar100 dataset.root=/data/cifar   # every conv type, one recipe
 
 Each table (a2d2c/reporting/paper_tables.py) is one or more Hydra sweeps of train.py; extra arguments
 are Hydra overrides added to every sweep. Runs land in <out>/sweep_<i>/<job>; the table is written
-to <out>/<table>.md and the plot to <out>/<table>.png (scripts/make_table.py redoes both any time).
+to <out>/<table>.md and the plot (accuracy vs MAdds and vs params) to <out>/<table>.png
+(scripts/make_table.py redoes both any time). A row is a model: dataset, backbone, conv type and K.
 --plan runs nothing: it composes every run, builds and counts its model (a2d2c/reporting/table_plan.py),
 prints the table the runs will fill with the paper's numbers beside ours and writes <out>/<table>_plan.json.
 """

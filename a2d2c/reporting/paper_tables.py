@@ -1,11 +1,25 @@
 """The tables `scripts/reproduce.py` reproduces: which runs make each table, and the paper's numbers.
 
 A table is one or more Hydra sweeps (`train.py -m <overrides>`, comma lists are swept); the runs of
-all its sweeps are collected into one markdown table and one accuracy-vs-MAdds plot.
+all its sweeps are collected into one markdown table and one plot (accuracy vs MAdds and vs params).
+A model, and the paper's numbers for it, is (backbone, conv, K): K (conv.options.num_kernels) tells
+ODConv 1x from 4x; a static conv has none (None).
 """
 from dataclasses import dataclass, field
 
+from a2d2c.layers import CONV_TYPES as ALL_CONV_TYPES
+from a2d2c.reporting.odconv_reference import ODCONV_NOTES, ODCONV_SETTING, odconv_reference
+
+# The A2D2C paper's comparison: static, DyConv and its two types.
 CONV_TYPES = "static,dynamic,a2d2c,a2d2c_plus"
+# Every conv type the layers build, so that a new one joins the cross-operator tables without an edit here.
+EVERY_CONV_TYPE = ",".join(ALL_CONV_TYPES)
+
+
+def reference_key(backbone: str, conv: str, num_kernels=None) -> tuple:
+    """The key of a model in a table's reference: K is dropped for a static conv, which has no kernels to mix
+    (a static run may still carry a K from an override that reached conv.options)."""
+    return backbone, conv, None if conv == "static" else num_kernels
 
 # DyConv (Chen et al., CVPR 2020) ImageNet table: (params, MAdds, top-1) of static and DY models
 # at 224x224 (REFERENCES.md; the x0.75 / x0.35 top-1 and static MobileNetV2 x0.75/x0.5/x0.35 rows
@@ -21,7 +35,8 @@ DYCONV_IMAGENET = {
 }
 
 
-# The setting the DyConv numbers hold for (REFERENCES.md): ImageNet-1k at 224x224, DY layers with K = 4.
+# The setting the DyConv numbers hold for (REFERENCES.md): ImageNet-1k at 224x224, DY layers with K = 4
+# (the K of its reference keys).
 DYCONV_SETTING = {"dataset": "imagenet", "image_size": 224, "num_classes": 1000, "num_kernels": 4}
 
 # What is known about where our counts and DyConv's differ (REFERENCES.md, "DyConv ImageNet table").
@@ -55,7 +70,8 @@ def _dyconv_reference() -> dict:
     reference = {}
     for backbone, rows in DYCONV_IMAGENET.items():
         for conv, (params, macs, top1) in zip(("static", "dynamic"), rows):
-            reference[(backbone, conv)] = {"params": params, "macs": macs, "metric": top1}
+            reference[reference_key(backbone, conv, DYCONV_SETTING["num_kernels"])] = {
+                "params": params, "macs": macs, "metric": top1}
     return reference
 
 
@@ -64,10 +80,10 @@ class PaperTable:
     name: str
     description: str
     sweeps: tuple            # each: the overrides of one `train.py -m` call
-    reference: dict = field(default_factory=dict)  # (backbone, conv) -> {"params", "macs", "metric"}
+    reference: dict = field(default_factory=dict)  # reference_key(backbone, conv, K) -> {"params", "macs", "metric"}
     requires: tuple = ()     # config files (under configs/) the runs need
     needs_data: bool = True  # runs read a dataset from disk: pass dataset.root=...
-    reference_setting: dict = field(default_factory=dict)  # dataset, image_size, num_classes, num_kernels
+    reference_setting: dict = field(default_factory=dict)  # dataset, image_size, num_classes of the reference
     reference_notes: dict = field(default_factory=dict)    # (backbone or "*", conv or "*") -> known difference
 
     def runs(self) -> int:
@@ -120,6 +136,46 @@ TABLES = {
         sweeps=(("dataset=coco", "detector=fasterrcnn", "backbone=resnet50", f"conv={CONV_TYPES}"),),
         requires=("dataset/coco.yaml",),
     ),
+    "odconv_imagenet": PaperTable(
+        "odconv_imagenet",
+        "ODConv's ImageNet table: static, ODConv 1x and 4x ResNet-18 and MobileNetV2 x1.0 with ODConv's recipes "
+        "and layouts (configs/experiment/odconv_imagenet_*; the static rows with conv=static, the same recipe)",
+        sweeps=(
+            ("experiment=odconv_imagenet_resnet18_odconv,odconv_imagenet_mobilenetv2_x1_0_odconv",
+             "conv.options.num_kernels=1,4"),
+            ("experiment=odconv_imagenet_resnet18_dynamic,odconv_imagenet_mobilenetv2_x1_0_dynamic", "conv=static"),
+        ),
+        reference=odconv_reference(),
+        reference_setting=ODCONV_SETTING,
+        reference_notes=ODCONV_NOTES,
+    ),
+    # Cross-operator tables: one backbone, one recipe, every conv type with its defaults (K = 4, every conv
+    # but the stem converted), so that the types differ in the conv only. The existing presets give that:
+    # experiment=<recipe> fixes backbone and recipe, conv=<type> swaps only the conv group (a preset's
+    # tau_schedule reaches the types with a τ; static and condconv ignore it).
+    "conv_types_cifar100": PaperTable(
+        "conv_types_cifar100",
+        "Every conv type on CIFAR-100, ResNet-18 (CIFAR stem), one recipe: "
+        "configs/experiment/ours_cifar100_resnet18_static.yaml with conv=<type>",
+        sweeps=(("experiment=ours_cifar100_resnet18_static", f"conv={EVERY_CONV_TYPE}"),),
+    ),
+    "conv_types_imagenet": PaperTable(
+        "conv_types_imagenet",
+        "Every conv type on ImageNet, ResNet-18, one recipe: DyConv's (dyconv_imagenet_resnet18_dynamic) with "
+        "conv=<type>; DyConv's numbers beside its rows",
+        sweeps=(("experiment=dyconv_imagenet_resnet18_dynamic", f"conv={EVERY_CONV_TYPE}"),),
+        reference=_dyconv_reference(),
+        reference_setting=DYCONV_SETTING,
+        reference_notes=DYCONV_NOTES,
+    ),
+    "conv_types_digits": PaperTable(
+        "conv_types_digits",
+        "Every conv type in ResNet-10 on the embedded digits set (8x8 scans, no download), 2 epochs: "
+        "digits_demo's runs for all types, a few minutes on a CPU",
+        sweeps=(("dataset=digits", "backbone=resnet10", f"conv={EVERY_CONV_TYPE}", "trainer.epochs=2",
+                 "trainer.progress_bar=false"),),
+        needs_data=False,
+    ),
     "digits_demo": PaperTable(
         "digits_demo",
         "The four conv types in ResNet-10 on the embedded digits set (8x8 scans, no download), 2 epochs: "
@@ -134,16 +190,14 @@ TABLES = {
 def paper_numbers(table: PaperTable, run: dict):
     """The paper's {"params", "macs", "metric"} for a run (a dict with dataset, image_size, num_classes,
     backbone, conv, num_kernels), or None: also None when the run's setting is not the paper's
-    (another dataset or input size, or a dynamic conv with another K)."""
-    paper = table.reference.get((run["backbone"], run["conv"]))
+    (another dataset or input size; a dynamic conv with a K the paper has no row for)."""
+    paper = table.reference.get(reference_key(run["backbone"], run["conv"], run.get("num_kernels")))
     setting = table.reference_setting
     if paper is None:
         return None
     for key in ("dataset", "image_size", "num_classes"):
         if key in setting and run.get(key) != setting[key]:
             return None
-    if run["conv"] != "static" and "num_kernels" in setting and run.get("num_kernels") != setting["num_kernels"]:
-        return None
     return dict(paper)
 
 

@@ -1,21 +1,23 @@
-"""Collect runs' results.json into a markdown table and an accuracy-vs-MAdds plot (DyConv's figure 1)."""
+"""Collect runs' results.json into a markdown table (the plot: a2d2c/reporting/accuracy_plot.py)."""
 import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from a2d2c.errors import ConfigError
+from a2d2c.layers import CONV_TYPES as CONV_ORDER  # rows in the order the layers list the types
+from a2d2c.reporting.paper_tables import reference_key
 
-CONV_ORDER = ("static", "dynamic", "a2d2c", "a2d2c_plus")
 PRIMARY_METRICS = ("top1", "AP")  # classification, detection: the first one a run has is its metric
 
 
 @dataclass
 class Row:
-    """One model (dataset × backbone × conv type): the mean over its runs (seeds)."""
+    """One model (dataset × backbone × conv type × K): the mean over its runs (seeds)."""
     dataset: str
     backbone: str
     conv: str
+    num_kernels: object  # K of a conv type that mixes kernels (int), None for a static conv
     params: int
     macs: int
     metric: str
@@ -29,6 +31,23 @@ class Row:
     @property
     def std(self) -> float:
         return statistics.stdev(self.values) if len(self.values) > 1 else 0.0
+
+    @property
+    def label(self) -> str:
+        """The conv with its K, e.g. "odconv ×4" (the plot's legend)."""
+        return conv_label(self.conv, self.num_kernels)
+
+
+def conv_kernels(conv_cfg) -> object:
+    """K of a run's conv config (conv.options.num_kernels, saved in results.json's resolved config), or None:
+    a static conv has no kernels to mix, whatever its options say."""
+    if conv_cfg["type"] == "static":
+        return None
+    return (conv_cfg.get("options") or {}).get("num_kernels")
+
+
+def conv_label(conv: str, num_kernels) -> str:
+    return conv if num_kernels is None else f"{conv} ×{num_kernels}"
 
 
 def run_metric(results: dict):
@@ -58,11 +77,12 @@ def load_runs(paths) -> list:
             continue
         cfg = results["config"]
         metric, value = run_metric(results)
-        key = (cfg["dataset"]["name"], cfg["backbone"]["name"], cfg["conv"]["type"])
+        # K is part of the model: ODConv 1x and 4x are two rows, not two seeds of one.
+        key = (cfg["dataset"]["name"], cfg["backbone"]["name"], cfg["conv"]["type"], conv_kernels(cfg["conv"]))
         row = rows.setdefault(key, Row(*key, params=results["params"], macs=results["macs"], metric=metric))
         row.values.append(value)
         row.run_dirs.append(str(file.parent))
-    return sorted(rows.values(), key=lambda r: (r.dataset, r.backbone, _conv_rank(r.conv)))
+    return sorted(rows.values(), key=lambda r: (r.dataset, r.backbone, _conv_rank(r.conv), r.num_kernels or 0))
 
 
 def _conv_rank(conv: str) -> int:
@@ -75,8 +95,13 @@ def human(n) -> str:
     return f"{n / 1e9:.2f}G" if n >= 1e9 else f"{n / 1e6:.1f}M"
 
 
+def paper_score(x) -> str:
+    """A paper's accuracy as it prints it (70.25, 72.7): rounding to one decimal would move 70.25 to 70.2."""
+    return "" if x is None else str(round(x, 2))
+
+
 def markdown_table(rows, reference=None) -> str:
-    """Rows are models; ours next to the paper's where `reference[(backbone, conv)]` has them.
+    """Rows are models; ours next to the paper's where `reference[reference_key(backbone, conv, K)]` has them.
 
     `reference` values are dicts with any of "params", "macs", "metric". Seeds are averaged
     (± is the sample standard deviation over them).
@@ -84,59 +109,20 @@ def markdown_table(rows, reference=None) -> str:
     reference = reference or {}
     metric = rows[0].metric if rows else "top1"
     label = "top-1" if metric == "top1" else metric
-    header = ["dataset", "model", "conv", "params", "MAdds", label, "runs"]
+    header = ["dataset", "model", "conv", "K", "params", "MAdds", label, "runs"]
     if reference:
         header += ["paper params", "paper MAdds", f"paper {label}"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         score = f"{row.mean:.2f}" + (f" ± {row.std:.2f}" if len(row.values) > 1 else "")
-        cells = [row.dataset, row.backbone, row.conv, human(row.params), human(row.macs), score, str(len(row.values))]
+        cells = [row.dataset, row.backbone, row.conv, "" if row.num_kernels is None else str(row.num_kernels),
+                 human(row.params), human(row.macs), score, str(len(row.values))]
         if reference:
-            paper = reference.get((row.backbone, row.conv), {})
+            paper = reference.get(reference_key(row.backbone, row.conv, row.num_kernels), {})
             cells += [human(paper.get("params")), human(paper.get("macs")),
-                      "" if paper.get("metric") is None else f"{paper['metric']:.1f}"]
+                      paper_score(paper.get("metric"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def plot_accuracy_vs_madds(rows, path, title=None, reference=None):
-    """Accuracy against MAdds, one line per conv type through its backbones (as DyConv's figure 1).
-
-    Paper numbers, where given, are drawn dashed in the same colour.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.8))
-    convs = sorted({r.conv for r in rows}, key=_conv_rank)
-    for i, conv in enumerate(convs):
-        ours = sorted((r for r in rows if r.conv == conv), key=lambda r: r.macs)
-        color = f"C{i}"
-        ax.plot([r.macs / 1e6 for r in ours], [r.mean for r in ours], "o-", color=color, label=conv)
-        for r in ours:
-            ax.annotate(r.backbone, (r.macs / 1e6, r.mean), fontsize=7, textcoords="offset points", xytext=(3, 3))
-        paper = sorted((v for (b, c), v in (reference or {}).items() if c == conv and v.get("metric") is not None
-                        and v.get("macs")), key=lambda v: v["macs"])
-        if paper:
-            ax.plot([v["macs"] / 1e6 for v in paper], [v["metric"] for v in paper], "s--", color=color,
-                    alpha=0.6, label=f"{conv} (paper)")
-    metric = rows[0].metric if rows else "top1"
-    ax.set_xlabel("MAdds (M)")
-    ax.set_ylabel("top-1 accuracy (%)" if metric == "top1" else metric)
-    if rows and max(r.macs for r in rows) / max(1, min(r.macs for r in rows)) > 20:
-        ax.set_xscale("log")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-__all__ = ["Row", "load_runs", "markdown_table", "plot_accuracy_vs_madds", "run_metric", "human"]
+__all__ = ["Row", "conv_kernels", "conv_label", "load_runs", "markdown_table", "paper_score", "run_metric", "human"]

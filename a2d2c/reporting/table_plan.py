@@ -13,7 +13,7 @@ from pathlib import Path
 
 from a2d2c.errors import ConfigError
 from a2d2c.reporting.paper_tables import paper_notes, paper_numbers
-from a2d2c.reporting.results_table import _conv_rank, human
+from a2d2c.reporting.results_table import _conv_rank, conv_kernels, human, paper_score
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
@@ -83,9 +83,9 @@ def count_run(cfg) -> dict:
 
 
 def run_key(cfg) -> dict:
-    options = cfg.conv.get("options") or {}
+    # K as results_table reads it from a finished run's config, so that plan rows and result rows key alike.
     return {"dataset": cfg.dataset.name, "backbone": cfg.backbone.name, "conv": cfg.conv.type,
-            "num_kernels": options.get("num_kernels"), "image_size": cfg.dataset.image_size,
+            "num_kernels": conv_kernels(cfg.conv), "image_size": cfg.dataset.image_size,
             "num_classes": cfg.dataset.num_classes}
 
 
@@ -154,7 +154,7 @@ def plan_markdown(rows) -> str:
         marks = "".join(f"[{i}]" for i in sorted(notes.index(note) + 1 for note in row["notes"]))
         cells = [row["dataset"], row["backbone"], row["conv"], str(row["num_kernels"] or ""), human(row["params"]),
                  human(row["macs"]), "(to run)", str(len(row["seeds"])), human(paper.get("params")),
-                 human(paper.get("macs")), "" if paper.get("metric") is None else f"{paper['metric']:.1f}",
+                 human(paper.get("macs")), paper_score(paper.get("metric")),
                  _percent(rel.get("params")), _percent(rel.get("macs")) + (f" {marks}" if marks else "")]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [""] + [f"[{i}] {note}" for i, note in enumerate(notes, 1)] if notes else []

@@ -28,7 +28,7 @@ def test_sweep_of_two_conv_types_and_two_seeds_leaves_four_runs_grouped_and_a_su
 
     summary = (sweep_dir / "summary.md").read_text().splitlines()
     rows = [line.split("|")[1:-1] for line in summary[2:]]
-    assert [(r[2].strip(), r[6].strip()) for r in rows] == [("static", "2"), ("dynamic", "2")]
+    assert [(r[2].strip(), r[3].strip(), r[7].strip()) for r in rows] == [("static", "", "2"), ("dynamic", "4", "2")]
     for row in rows:  # the mean over the two seeds of each conv type
         top1 = [r["best"]["val/top1"] for r in results if r["config"]["conv"]["type"] == row[2].strip()]
-        assert row[5].strip().startswith(f"{sum(top1) / 2:.2f}")
+        assert row[6].strip().startswith(f"{sum(top1) / 2:.2f}")
