@@ -16,7 +16,7 @@ ODCONV_IMAGENET = {
 ODCONV_NOTES = {
     ("*", "odconv"): "Our parameter counts equal ODConv's with its layout (the presets odconv_imagenet_*_odconv). "
                      "Our MAdds are lower: we count matrix products only (the attention FCs, the K-kernel "
-                     "aggregation K·|W|, one conv), DyConv's convention (it reproduces DY-ResNet-18's 1.86G); "
+                     "aggregation K·|W|, one conv), DyConv's convention (DY-ResNet-18: 1.86G here, 1.85G in DyConv's paper); "
                      "ODConv's counting code is not published (its FLOPs are disputed, ODConv#18/#22).",
     ("resnet18", "odconv"): "ResNet-18 (ours -0.7% at 1x, -3.0% at 4x): the element-wise scalings of the maps by "
                             "the channel and filter attentions (α_c⊙x, α_f⊙y), which we do not count, are 3.2M "
