@@ -104,6 +104,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.images < 1:
         parser.error("--images must be at least 1")
+    try:
+        torch.device(args.device if args.device != "auto" else "cpu")
+    except RuntimeError:
+        parser.error(f"--device {args.device!r} is not a device: use auto, cpu, cuda or cuda:<index>")
     if args.stats_images < 0:
         parser.error("--stats-images must be 0 (the whole split) or more")
     try:

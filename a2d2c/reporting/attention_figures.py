@@ -74,13 +74,14 @@ def summary_figure(result: Dict[str, dict], title: str = "") -> Figure:
     width = 0.4
     for offset, quantity in zip((-width / 2, width / 2), SUMMARY_BARS):
         top.bar(x + offset, [result[name][quantity] for name in names], width, label=quantity)
-    top.set_ylim(0, 1.05)
+    top.set_ylim(0, 1.3)  # headroom: the legend sits above the bars, not on them
     top.set_ylabel("normalised entropy")
-    top.legend(fontsize=8, title="1 = even over kernels, 0 = one kernel", title_fontsize=8)
+    top.legend(fontsize=8, title="1 = even over kernels, 0 = one kernel", title_fontsize=8, loc="upper center", ncol=2)
     bottom.bar(x, [result[name]["kernels_90"] for name in names], 0.6, label="kernels_90", color="tab:green")
     bottom.plot(x, [len(result[name]["usage"]) for name in names], "k_", markersize=12, label="K")
+    bottom.set_ylim(0, 1.3 * max(len(result[name]["usage"]) for name in names) if names else 1)
     bottom.set_ylabel("kernels carrying 90%")
-    bottom.legend(fontsize=8)
+    bottom.legend(fontsize=8, loc="upper center", ncol=2)
     bottom.set_xticks(x, names, rotation=90, fontsize=7)
     fig.suptitle(title or "attention per layer", fontsize=9)
     return fig
