@@ -1,25 +1,47 @@
 """Evaluate a checkpoint on its dataset's test/val split, with the config the run saved in it."""
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Optional
 
 import torch
+import torch.nn as nn
+from omegaconf import DictConfig
 
 from a2d2c.checkpoint import files as ckpt
 from a2d2c.checkpoint.saved_config import load_saved_config
 from a2d2c.data.class_map import dataset_class_map
 from a2d2c.distributed.process_group import DistInfo, resolve_device
 from a2d2c.engine.build import amp_dtype_from_config, build_eval_data, build_task, memory_format_from_config
+from a2d2c.engine.tasks.base import Task
 from a2d2c.errors import ConfigError
 from a2d2c.layers import set_temperature
 
 log = logging.getLogger(__name__)
 
 
-def evaluate_checkpoint(path, ema: bool = False, device: str = "auto", batch_size=None, dataset_overrides=None) -> dict:
-    """Rebuild the run's model and eval data, load the weights and score them as the Trainer did.
+@dataclass
+class LoadedCheckpoint:
+    """A checkpoint's run rebuilt for evaluation: its model (weights and τ loaded, on the device, in eval
+    mode, not compiled) and evaluation loader, with the precision and memory format the run used."""
 
-    Same τ, precision, memory format and batch size as the run, so the accuracy it recorded is
-    reproduced exactly. `dataset_overrides` (e.g. {"root": ...}) change where the data is read.
+    path: Path
+    state: dict
+    cfg: DictConfig
+    task: Task
+    model: nn.Module
+    loader: Any
+    device: torch.device
+    amp_dtype: Optional[torch.dtype]
+    memory_format: torch.memory_format
+
+
+def load_for_evaluation(path, ema: bool = False, device: str = "auto", batch_size=None,
+                        dataset_overrides=None) -> LoadedCheckpoint:
+    """Load a checkpoint safely and rebuild what scoring it needs (eval.py, scripts/show_attention.py).
+
+    `dataset_overrides` (e.g. {"root": ...}) change where the data is read; `batch_size` None is the
+    run's eval batch size.
     """
     path = Path(path)
     state = ckpt.load_checkpoint(path, require=ckpt.EVAL_KEYS)
@@ -48,8 +70,6 @@ def evaluate_checkpoint(path, ema: bool = False, device: str = "auto", batch_siz
     device = resolve_device(device)
     memory_format = memory_format_from_config(cfg.trainer)
     model = model.to(device, memory_format=memory_format).eval()
-    if cfg.trainer.compile:
-        model = torch.compile(model)
     class_map = state.get("class_map")  # the training split's classes, so labels mean what they meant in training
     eval_batch = batch_size or cfg.trainer.eval_batch_size or cfg.trainer.batch_size
     loader = build_eval_data(cfg, task, class_map, eval_batch, DistInfo(), device.type == "cuda")
@@ -57,13 +77,28 @@ def evaluate_checkpoint(path, ema: bool = False, device: str = "auto", batch_siz
         log.warning("%s predates class maps in checkpoints (format 1): the %s split's labels follow its own class "
                     "folders or categories, which is right only if they match the training split's", path,
                     cfg.dataset.eval_split)
-    metrics = task.evaluate(model, loader, device, amp_dtype_from_config(cfg.trainer.amp), memory_format)
+    return LoadedCheckpoint(path, state, cfg, task, model, loader, device, amp_dtype_from_config(cfg.trainer.amp),
+                            memory_format)
+
+
+def evaluate_checkpoint(path, ema: bool = False, device: str = "auto", batch_size=None, dataset_overrides=None) -> dict:
+    """Rebuild the run's model and eval data, load the weights and score them as the Trainer did.
+
+    Same τ, precision, memory format and batch size as the run, so the accuracy it recorded is
+    reproduced exactly. `dataset_overrides` (e.g. {"root": ...}) change where the data is read.
+    """
+    run = load_for_evaluation(path, ema, device, batch_size, dataset_overrides)
+    cfg, state = run.cfg, run.state
+    # Compiled here, not in load_for_evaluation: scoring wants the run's speed, while a look at the
+    # attention (forward hooks, a few images) wants the plain module.
+    model = torch.compile(run.model) if cfg.trainer.compile else run.model
+    metrics = run.task.evaluate(model, run.loader, run.device, run.amp_dtype, run.memory_format)
 
     split = cfg.dataset.eval_split
     recorded = state.get("metrics", {})
     prefix = f"{split}_ema" if ema else split
     return {
-        "checkpoint": str(path),
+        "checkpoint": str(run.path),
         "epoch": state["epoch"],
         "split": split,
         "weights": "ema" if ema else "model",
@@ -72,5 +107,5 @@ def evaluate_checkpoint(path, ema: bool = False, device: str = "auto", batch_siz
         "backbone": cfg.backbone.name,
         "conv": cfg.conv.type,
         "dataset": cfg.dataset.name,
-        "device": str(device),
+        "device": str(run.device),
     }
