@@ -132,6 +132,8 @@ class AttentionProbe:
         self._handles.clear()
 
     def _keep_images(self, module, inputs):
+        if not (inputs and torch.is_tensor(inputs[0])):
+            return  # a detector takes a list of images of different sizes: statistics, but no pictures
         if self.images is None or len(self.images) < self.keep:
             got = inputs[0][: self.keep - (0 if self.images is None else len(self.images))].detach().float().cpu()
             self.images = got if self.images is None else torch.cat([self.images, got])

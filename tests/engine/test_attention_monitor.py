@@ -126,3 +126,18 @@ def test_a_resume_may_change_what_is_measured():
     saved, now = ({"trainer": {"attention": {"stats": s, "collapse_below": 0.1}}} for s in (True, False))
     assert config_changes(saved, now) == {}
     assert config_changes({"trainer": {}}, now) == {}  # a checkpoint from before trainer.attention existed
+
+
+def test_a_model_that_takes_a_list_of_images_is_measured_without_pictures():
+    class ListModel(torch.nn.Module):  # as a detector: a list in, the backbone sees one padded batch
+        def __init__(self):
+            super().__init__()
+            self.conv = create_conv2d("dynamic", 3, 4, 3)
+
+        def forward(self, images):
+            return self.conv(torch.stack(images))
+
+    model = ListModel().eval()
+    with AttentionProbe(model, keep=2) as probe, torch.no_grad():
+        model([torch.randn(3, 6, 6) for _ in range(3)])
+    assert probe.images is None and probe.stats.result()["conv"]["entropy"] > 0
