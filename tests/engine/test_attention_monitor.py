@@ -141,3 +141,28 @@ def test_a_model_that_takes_a_list_of_images_is_measured_without_pictures():
     with AttentionProbe(model, keep=2) as probe, torch.no_grad():
         model([torch.randn(3, 6, 6) for _ in range(3)])
     assert probe.images is None and probe.stats.result()["conv"]["entropy"] > 0
+
+
+def test_a_wandb_run_gets_attention_pictures_at_each_evaluation(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = compose_config("conv=a2d2c", "trainer.progress_bar=false", *TINY, "trainer.epochs=2", "trainer.attention.images=2")
+    Trainer(cfg, tmp_path).fit()
+    (run,) = (tmp_path / "wandb").glob("offline-run-*")
+    pictures = sorted((run / "files" / "media" / "images").glob("attention_maps_*.png"))
+    steps = {}
+    for picture in pictures:  # attention_maps_<step>_<hash>.png
+        steps.setdefault(picture.name.split("_")[2], []).append(picture)
+    # two evaluations, each with a panel per image (per-position maps) and a heat map per layer whose map is 1x1
+    assert len(steps) == 2 and all(len(found) >= 2 for found in steps.values())
+
+
+def test_a_detector_with_a_wandb_run_is_measured_without_pictures(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = compose_config("dataset=shapes", f"dataset.root={tmp_path / 'shapes'}", "dataset.num_train=4",
+                         "dataset.num_val=2", "dataset.image_size=64", "detector.min_size=64", "detector.max_size=64",
+                         "backbone=resnet10", "conv=dynamic", "trainer.batch_size=2", "trainer.eval_batch_size=2",
+                         "trainer.epochs=1", "trainer.progress_bar=false")
+    final = Trainer(cfg, tmp_path / "run").fit()["final"]
+    assert 0 <= final["attention/mean_entropy"] <= 1
+    (run,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
+    assert not list(run.glob("files/media/images/attention_maps_*"))
