@@ -12,7 +12,7 @@ Both compute the same function; which is faster depends on the shape and the dev
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -53,46 +53,43 @@ def conv_responses(x: torch.Tensor, weight: torch.Tensor, stride, padding, dilat
     return out.reshape(b, k, o, h, w)
 
 
-def _tap_major(attn: torch.Tensor, weight: torch.Tensor):
-    """B x K x kh x kw and K x O x Cg x kh x kw as T x B x K and T x K x (O*Cg), T = kh*kw taps."""
-    b, k = attn.shape[:2]
-    taps = attn.shape[2] * attn.shape[3]
-    return attn.reshape(b, k, taps).permute(2, 0, 1), weight.reshape(k, -1, taps).permute(2, 0, 1)
-
-
-def aggregate_kernels(attn: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def aggregate_kernels(attn: torch.Tensor, weight: torch.Tensor, taps: Optional[torch.Tensor] = None) -> torch.Tensor:
     """sum_k attn_bk W_k as one matrix product: B x K, K x O x ... -> B x O x ...
 
-    ``attn`` may also be tap-wise, B x K x kh x kw (ODConv's kernel and spatial attentions):
-    W_b[..., r, s] = sum_k attn_bkrs W_k[..., r, s], one matrix product per tap.
+    ``taps`` (B x kh x kw, ODConv's spatial attention) then scales each tap of sample b's kernel:
+    W_b = taps_b * sum_k attn_bk W_k. Mixing first keeps the product one contiguous matrix product;
+    the scaling is element-wise.
     """
     k = weight.shape[0]
-    if attn.dim() == 2:
-        return (attn @ weight.reshape(k, -1)).reshape(attn.shape[0], *weight.shape[1:])
-    a, w = _tap_major(attn, weight)
-    return torch.bmm(a, w).permute(1, 2, 0).reshape(attn.shape[0], *weight.shape[1:])
+    kernels = (attn @ weight.reshape(k, -1)).reshape(attn.shape[0], *weight.shape[1:])
+    return kernels if taps is None else kernels * taps[:, None, None]
 
 
 def aggregate_kernels_backward(grad_kernels: torch.Tensor, attn: torch.Tensor, weight: torch.Tensor,
-                               need_attn: bool, need_weight: bool):
-    """dL/dattn and dL/dweight of ``aggregate_kernels`` from dL/dW_b (B x O x Cg x kh x kw):
-    dL/dattn_bk = <dL/dW_b, W_k> (per tap when tap-wise), dL/dW_k = sum_b attn_bk dL/dW_b."""
-    b, k = attn.shape[:2]
-    grad_attn = grad_weight = None
-    if attn.dim() == 2:
-        grad_kernels = grad_kernels.reshape(b, -1)
-        if need_attn:
-            grad_attn = grad_kernels @ weight.reshape(k, -1).T
-        if need_weight:
-            grad_weight = (attn.T @ grad_kernels).reshape(weight.shape)
-        return grad_attn, grad_weight
-    a, w = _tap_major(attn, weight)
-    g = grad_kernels.reshape(b, -1, a.shape[0]).permute(2, 0, 1)  # T x B x (O*Cg)
-    if need_attn:
-        grad_attn = torch.bmm(g, w.transpose(1, 2)).permute(1, 2, 0).reshape(attn.shape)
-    if need_weight:
-        grad_weight = torch.bmm(a.transpose(1, 2), g).permute(1, 2, 0).reshape(weight.shape)
-    return grad_attn, grad_weight
+                               taps: Optional[torch.Tensor] = None, needs=(True, True, True)):
+    """(dL/dattn, dL/dweight, dL/dtaps) of ``aggregate_kernels`` from G = dL/dW_b, for ``needs`` of the three.
+
+    With taps: dL/dtaps_b = sum_{o,c} G_b * M_b, M_b = sum_k attn_bk W_k recomputed, and the mixing
+    sees G_b * taps_b. Then dL/dattn_bk = <G_b, W_k> and dL/dW_k = sum_b attn_bk G_b.
+    """
+    b, k = attn.shape
+    grad_kernels = grad_kernels.reshape(b, *weight.shape[1:])
+    grad_attn = grad_weight = grad_taps = None
+    if taps is not None:
+        if needs[2]:
+            grad_taps = (grad_kernels * aggregate_kernels(attn, weight)).sum((1, 2))
+        grad_kernels = grad_kernels * taps[:, None, None]
+    grad_kernels = grad_kernels.reshape(b, -1)
+    if needs[0]:
+        grad_attn = grad_kernels @ weight.reshape(k, -1).T
+    if needs[1]:
+        grad_weight = (attn.T @ grad_kernels).reshape(weight.shape)
+    return grad_attn, grad_weight, grad_taps
+
+
+def tap_wise(attn: torch.Tensor, taps: Optional[torch.Tensor]) -> torch.Tensor:
+    """attn_bk * taps_b(r, s) as one B x K (x kh x kw) tensor: the form the Triton kernels take."""
+    return attn if taps is None else attn[:, :, None, None] * taps[:, None]
 
 
 def tap_scaled_responses(x: torch.Tensor, taps: torch.Tensor, weight: torch.Tensor, stride, padding,

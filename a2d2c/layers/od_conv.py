@@ -25,9 +25,9 @@ class ODConv2d(DynamicConv2d):
 
     The channel attention scales the input and the filter attention the output (element-wise, on
     maps smaller than the per-sample kernels); kernel and spatial attentions make the per-sample
-    kernel, as tap-wise mixing coefficients alpha_wk * alpha_s(r, s) (``aggregate_kernels``). Every
-    ``path`` of DynamicConv2d computes that: ``aggregate``, ``unfold``, ``triton`` and ``reference``
-    with tap-wise coefficients and the same recomputing backward; ``responses`` as K responses whose
+    kernel, alpha_s ⊙ sum_k alpha_wk W_k (``aggregate_kernels`` with ``taps``). Every
+    ``path`` of DynamicConv2d computes that: ``aggregate``, ``unfold``, ``triton`` (tap-wise
+    coefficients alpha_wk * alpha_s(r, s)) and ``reference``, with the same recomputing backward; ``responses`` as K responses whose
     im2col columns carry the spatial attention (``tap_scaled_responses``; a plain dense conv where
     there is no spatial head). A 1x1 conv with K = 1 is one ordinary conv between the two scalings.
 
@@ -78,11 +78,9 @@ class ODConv2d(DynamicConv2d):
             responses = conv_responses(x, self.weight, *self.conv_args()) if spatial is None else \
                 tap_scaled_responses(x, spatial, self.weight, *self.conv_args())
             return mix_responses(responses, kernel, self.bias)
-        mixing = kernel if spatial is None else kernel[:, :, None, None] * spatial[:, None]
-        out = aggregated_conv(x, mixing, self.weight, None, *self.conv_args(),
-                              method=path if path in ("unfold", "triton") else "grouped",
-                              save_kernels=path == "reference")
-        return out if self.bias is None else out + (kernel @ self.bias.to(kernel.dtype)).to(out.dtype)[:, :, None, None]
+        return aggregated_conv(x, kernel, self.weight, self.bias, *self.conv_args(),
+                               method=path if path in ("unfold", "triton") else "grouped",
+                               save_kernels=path == "reference", taps=spatial)
 
     def _time_path(self, path: str, x: torch.Tensor) -> None:
         """One forward (and backward, when training) of ``path``, for the tuner. Constant attentions

@@ -83,16 +83,21 @@ def test_gradients_flow_through_the_batch_statistics_in_training():
 
 
 @pytest.mark.parametrize("shape", [(2, 4, 3, 3), (2, 4, 1, 1), (3, 1, 3, 2)])
-def test_tap_wise_aggregation_and_its_backward(shape):
+@pytest.mark.parametrize("with_taps", [True, False])
+def test_aggregation_with_tap_weights_and_its_backward(shape, with_taps):
     b, k, kh, kw = shape
-    attn = torch.randn(b, k, kh, kw, dtype=torch.float64, requires_grad=True)
+    attn = torch.randn(b, k, dtype=torch.float64, requires_grad=True)
+    taps = torch.randn(b, kh, kw, dtype=torch.float64, requires_grad=True) if with_taps else None
     weight = torch.randn(k, 5, 3, kh, kw, dtype=torch.float64, requires_grad=True)
-    kernels = aggregate_kernels(attn, weight)
-    assert torch.allclose(kernels, torch.einsum("bkrs,kocrs->bocrs", attn, weight))
+    kernels = aggregate_kernels(attn, weight, taps)
+    coefficients = attn[:, :, None, None] * (taps[:, None] if with_taps else 1)  # B x K x kh x kw
+    assert torch.allclose(kernels, torch.einsum("bkrs,kocrs->bocrs", coefficients, weight))
     grad = torch.randn_like(kernels)
-    expected = torch.autograd.grad(kernels, (attn, weight), grad)
-    got = aggregate_kernels_backward(grad, attn.detach(), weight.detach(), True, True)
+    leaves = (attn, weight) + ((taps,) if with_taps else ())
+    expected = torch.autograd.grad(kernels, leaves, grad)
+    got = aggregate_kernels_backward(grad, attn.detach(), weight.detach(), None if taps is None else taps.detach())
     assert all(torch.allclose(g, e) for g, e in zip(got, expected))
+    assert (got[2] is None) == (not with_taps)
 
 
 @pytest.mark.parametrize("groups,stride", [(1, 1), (2, 2), (6, 1)])

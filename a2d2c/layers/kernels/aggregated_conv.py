@@ -24,7 +24,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ..functional import aggregate_kernels, aggregate_kernels_backward
+from ..functional import aggregate_kernels, aggregate_kernels_backward, tap_wise
 from .health import HEALTH
 from .per_sample_conv import per_sample_conv, per_sample_conv_backward
 
@@ -79,39 +79,41 @@ class _PerSampleConv(torch.autograd.Function):
     """Per-sample kernels whose backward recomputes them (and, for unfold, the columns)."""
 
     @staticmethod
-    def forward(ctx, x, attn, weight, stride, padding, dilation, groups, method):
+    def forward(ctx, x, attn, weight, taps, stride, padding, dilation, groups, method):
         ctx.conv = (stride, padding, dilation, groups)
         ctx.method = method
-        ctx.save_for_backward(x, attn, weight)
+        ctx.save_for_backward(x, attn, weight, taps)
         if method == "triton":  # groups = 1; the kernels are built tile by tile inside
             try:
-                return per_sample_conv(x, attn, weight, stride, padding, dilation)
+                return per_sample_conv(x, tap_wise(attn, taps), weight, stride, padding, dilation)
             except Exception as error:  # noqa: BLE001 - a failing kernel falls back, it never stops the run
                 HEALTH.disable("per_sample_conv", x, error)
                 ctx.method = method = "grouped"
         conv = _METHODS[method][0]
-        return conv(x, aggregate_kernels(attn, weight), stride, padding, dilation, groups)
+        return conv(x, aggregate_kernels(attn, weight, taps), stride, padding, dilation, groups)
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, attn, weight = ctx.saved_tensors
-        need_x, need_attn, need_weight = ctx.needs_input_grad[:3]
-        needs = (need_x, need_attn or need_weight)
+        x, attn, weight, taps = ctx.saved_tensors
+        need_x, need_attn, need_weight, need_taps = ctx.needs_input_grad[:4]
+        needs = (need_x, need_attn or need_weight or need_taps)
         if ctx.method == "triton":
             stride, padding, dilation, _ = ctx.conv
             try:
-                grad_x, grad_kernels = per_sample_conv_backward(grad_out, x, attn, weight, stride, padding,
-                                                                dilation, needs)
+                grad_x, grad_kernels = per_sample_conv_backward(grad_out, x, tap_wise(attn, taps), weight, stride,
+                                                                padding, dilation, needs)
             except Exception as error:  # noqa: BLE001 - a failing kernel falls back, it never stops the run
                 HEALTH.disable("per_sample_conv", x, error)
                 ctx.method = "grouped"
         if ctx.method != "triton":
             backward = _METHODS[ctx.method][1]
-            grad_x, grad_kernels = backward(grad_out, x, aggregate_kernels(attn, weight), *ctx.conv, needs)
-        grad_attn = grad_weight = None
+            grad_x, grad_kernels = backward(grad_out, x, aggregate_kernels(attn, weight, taps), *ctx.conv, needs)
+        grad_attn = grad_weight = grad_taps = None
         if grad_kernels is not None:
-            grad_attn, grad_weight = aggregate_kernels_backward(grad_kernels, attn, weight, need_attn, need_weight)
-        return grad_x, grad_attn, grad_weight, None, None, None, None, None
+            # with taps, M = sum_k attn_bk W_k is recomputed there rather than kept: one matrix product, not B x |W| memory
+            grad_attn, grad_weight, grad_taps = aggregate_kernels_backward(
+                grad_kernels, attn, weight, taps, (need_attn, need_weight, need_taps))
+        return grad_x, grad_attn, grad_weight, grad_taps, None, None, None, None, None
 
 
 def _autocast_dtype(device_type: str) -> Optional[torch.dtype]:
@@ -132,11 +134,11 @@ def _per_sample_inference(x, attn, weight, stride, padding, dilation) -> Optiona
 
 def aggregated_conv(x: torch.Tensor, attn: torch.Tensor, weight: torch.Tensor,
                     bias: Optional[torch.Tensor], stride, padding, dilation, groups: int,
-                    method: str = "grouped", save_kernels: bool = False) -> torch.Tensor:
-    """conv(x_b, sum_k attn_bk W_k) + sum_k attn_bk b_k for every sample b.
+                    method: str = "grouped", save_kernels: bool = False,
+                    taps: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """conv(x_b, taps_b * sum_k attn_bk W_k) + sum_k attn_bk b_k for every sample b.
 
-    ``attn``: B x K, or tap-wise B x K x kh x kw (``aggregate_kernels``; no bias then: a bias has no taps).
-
+    ``taps``: None, or B x kh x kw weights of each kernel tap (ODConv's spatial attention; ``aggregate_kernels``).
     ``method``: "grouped" (one grouped conv), "unfold" (im2col + batched matmul) or "triton"
     (per_sample_conv.py; the caller checks ``per_sample_conv_applies``).
     ``save_kernels=True`` is the plain autograd version that keeps the per-sample kernels
@@ -144,16 +146,14 @@ def aggregated_conv(x: torch.Tensor, attn: torch.Tensor, weight: torch.Tensor,
     in an ordinary conv.
     """
     b = x.shape[0]
-    if bias is not None and attn.dim() != 2:
-        raise ValueError(f"a bias needs per-sample attention B x K, got attention of shape {tuple(attn.shape)}")
     if method == "triton" and not HEALTH.usable("per_sample_conv", x):
         method = "grouped"  # the check failed: the warning is out, the grouped conv computes the same
     out = None
     if method == "triton" and b > 1 and not torch.is_grad_enabled():  # inference: no kernels in memory at all
-        out = _per_sample_inference(x, attn, weight, stride, padding, dilation)
+        out = _per_sample_inference(x, tap_wise(attn, taps), weight, stride, padding, dilation)
         method = "triton" if out is not None else "grouped"
     if out is None and (b == 1 or save_kernels or not torch.is_grad_enabled()):
-        kernels = aggregate_kernels(attn, weight)
+        kernels = aggregate_kernels(attn, weight, taps)
         out = (F.conv2d(x, kernels[0], None, stride, padding, dilation, groups) if b == 1
                else _METHODS[method][0](x, kernels, stride, padding, dilation, groups))
     elif out is None:
@@ -161,8 +161,9 @@ def aggregated_conv(x: torch.Tensor, attn: torch.Tensor, weight: torch.Tensor,
         dtype = _autocast_dtype(x.device.type)
         if dtype is not None:
             x, attn, weight = x.to(dtype), attn.to(dtype), weight.to(dtype)
+            taps = None if taps is None else taps.to(dtype)
         with torch.autocast(x.device.type, enabled=False):
-            out = _PerSampleConv.apply(x, attn, weight, stride, padding, dilation, groups, method)
+            out = _PerSampleConv.apply(x, attn, weight, taps, stride, padding, dilation, groups, method)
     if bias is not None:
         out = out + (attn @ bias.to(attn.dtype)).to(out.dtype)[:, :, None, None]
     return out
