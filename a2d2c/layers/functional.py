@@ -96,14 +96,15 @@ def tap_scaled_responses(x: torch.Tensor, taps: torch.Tensor, weight: torch.Tens
                          dilation, groups: int) -> torch.Tensor:
     """R_bk = (s_b * W_k) conv x_b for every k, s_b: per-sample tap weights (B x kh x kw), returned as
     B x K x O x H' x W'. The tap weights multiply im2col's columns (each column entry belongs to one
-    tap), so all K responses of all samples are one matrix product with the shared kernels."""
+    tap), so all K responses of all samples are one matrix product per group with the shared kernels,
+    over the columns of the whole batch side by side."""
     b, c, h, w = x.shape
     k, o, cg, kh, kw = weight.shape
     cols = F.unfold(x, (kh, kw), dilation=dilation, padding=padding, stride=stride)  # B x (C*kh*kw) x L
     positions = cols.shape[-1]
-    cols = (cols.view(b, c, kh * kw, positions) * taps.reshape(b, 1, kh * kw, 1)).view(b, groups, cg * kh * kw, positions)
+    cols = cols.view(b, c, kh * kw, positions) * taps.reshape(b, 1, kh * kw, 1)
+    cols = cols.view(b, groups, cg * kh * kw, positions).permute(1, 2, 0, 3).reshape(groups, cg * kh * kw, -1)
     kernels = weight.reshape(k, groups, o // groups, cg * kh * kw).transpose(0, 1).reshape(groups, -1, cg * kh * kw)
-    out = kernels @ cols  # B x g x (K*O/g) x L
+    out = (kernels @ cols).view(groups, k, o // groups, b, positions).permute(3, 1, 0, 2, 4)  # B x K x g x O/g x L
     ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    out = out.view(b, groups, k, o // groups, positions).transpose(1, 2)
     return out.reshape(b, k, o, ho, positions // ho)
