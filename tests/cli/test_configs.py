@@ -7,6 +7,7 @@ from hydra.utils import instantiate
 
 from a2d2c.config_checks import check_train_config
 from a2d2c.engine.trainer import Trainer
+from a2d2c.layers import CONV_TYPES
 from helpers.config_files import own_values, selected_groups, values_at
 from helpers.train_utils import CONFIG_DIR, QUIET, compose_config
 
@@ -73,7 +74,20 @@ RECIPES = {
     "odconv_imagenet_mobilenetv2_x0_5_dynamic": ("mobilenetv2_x0_5", "dynamic", OD_MOBILENET),
     "odconv_imagenet_resnet18_dynamic": ("resnet18", "dynamic", OD_RESNET),
     "odconv_imagenet_resnet50_dynamic": ("resnet50", "dynamic", OD_RESNET),
+    "odconv_imagenet_mobilenetv2_x1_0_odconv": ("mobilenetv2_x1_0", "odconv", OD_MOBILENET),
+    "odconv_imagenet_resnet18_odconv": ("resnet18", "odconv", OD_RESNET),
 }
+# ODConv's own conversion layout (its models/od_resnet.py, od_mobilenetv2.py): (conv.exclude, backbone.keep_static)
+ODCONV_LAYOUTS = {"odconv_imagenet_resnet18_odconv": (["layer*.0.downsample"], None),
+                  "odconv_imagenet_mobilenetv2_x1_0_odconv": ([], [])}
+
+
+@pytest.mark.parametrize("experiment", sorted(ODCONV_LAYOUTS))
+def test_odconv_presets_convert_what_odconv_converts(experiment):
+    cfg = compose_config(f"experiment={experiment}")
+    exclude, keep_static = ODCONV_LAYOUTS[experiment]
+    assert list(cfg.conv.exclude) == exclude and cfg.conv.options.num_kernels == 4
+    assert (None if cfg.backbone.keep_static is None else list(cfg.backbone.keep_static)) == keep_static
 
 
 def test_every_imagenet_preset_has_its_recipe_checked():
@@ -161,7 +175,7 @@ def test_every_preset_selects_what_its_name_and_defaults_say(experiment):
     assert {"backbone", "conv", "dataset"} <= set(selected)
     assert {group: choices[group] for group in selected} == selected
     source, dataset, model_conv = experiment.split("_", 2)
-    conv = max((c for c in CONVS if model_conv.endswith(f"_{c}")), key=len)
+    conv = max((c for c in CONV_TYPES if model_conv.endswith(f"_{c}")), key=len)
     assert source in SOURCES and (dataset, conv) == (choices.dataset, choices.conv) == (cfg.dataset.name, cfg.conv.type)
     del cfg.hydra
     assert values_at(cfg, own_values(CONFIG_DIR / "experiment" / f"{experiment}.yaml")) == {}
