@@ -80,26 +80,35 @@ def test_chosen_layers_only_and_the_out_folder(runs, tmp_path, capsys):
     assert png_size(tmp_path / "pics" / "positions_features.1.conv.0.0.png") == (340, 390)
 
 
-def test_a_static_model_is_one_line_saying_there_is_nothing_to_show(runs, tmp_path):
-    proc = run_script(str(SCRIPT), runs("static"), "--out", tmp_path / "pics")
-    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
-    assert len(proc.stdout.splitlines()) == 1 and "no attention to show" in proc.stdout
+def one_line_error(script, argv, capsys, *fragments):
+    """In-process `main(argv)`: exit code 2, one `error:` line on stderr with the fragments, nothing on stdout."""
+    assert script.main([str(a) for a in argv]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and not captured.out, captured.err
+    assert all(fragment in lines[0] for fragment in fragments), lines[0]
+    return lines[0]
+
+
+def test_a_static_model_is_one_line_saying_there_is_nothing_to_show(runs, tmp_path, capsys):
+    assert load_script().main([str(runs("static")), "--out", str(tmp_path / "pics")]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and len(captured.out.splitlines()) == 1 and "no attention to show" in captured.out
     assert not (tmp_path / "pics").exists()
 
 
-def test_a_wrong_layer_name_is_one_line_with_the_closest_and_the_valid_ones(runs, tmp_path):
-    checkpoint = runs("a2d2c")
-    proc = run_script(str(SCRIPT), checkpoint, "--layers", "features.1.conv.0", "--out", tmp_path)
-    assert_one_line_error(proc, "'features.1.conv.0' is not an attention layer", "did you mean", "features.1.conv.0.0")
-    assert "valid: features.1.conv.0.0, " in proc.stderr and not list(tmp_path.iterdir())  # nothing written
+def test_a_wrong_layer_name_is_one_line_with_the_closest_and_the_valid_ones(runs, tmp_path, capsys):
+    line = one_line_error(load_script(), [runs("a2d2c"), "--layers", "features.1.conv.0", "--out", tmp_path], capsys,
+                          "'features.1.conv.0' is not an attention layer", "did you mean", "features.1.conv.0.0")
+    assert "valid: features.1.conv.0.0, " in line and not list(tmp_path.iterdir())  # nothing written
 
 
-def test_a_missing_checkpoint_is_one_line(tmp_path):
-    assert_one_line_error(run_script(str(SCRIPT), tmp_path / "none.pt"), "checkpoint not found", "none.pt")
-
-
-def test_an_unsafe_checkpoint_is_one_line_and_never_unpickled(tmp_path):
+def test_an_unsafe_checkpoint_is_one_line_and_never_unpickled(tmp_path, capsys):
     crafted = tmp_path / "crafted.pt"
     torch.save({"model": {}, "config": {}, "payload": argparse.Namespace(ran=True)}, crafted)
-    assert_one_line_error(run_script(str(SCRIPT), crafted), "refusing to load", "could run code")
+    one_line_error(load_script(), [crafted], capsys, "refusing to load", "could run code")
 
+
+def test_a_missing_checkpoint_is_one_line_from_the_command(tmp_path):
+    # as a user runs it: the process prints one line and nothing else (no traceback, no warnings)
+    assert_one_line_error(run_script(str(SCRIPT), tmp_path / "none.pt"), "checkpoint not found", "none.pt")
