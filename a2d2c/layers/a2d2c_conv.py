@@ -72,7 +72,7 @@ class A2D2CConv2d(LocalAttentionMixin, MixtureConv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         responses = self.responses(x)
-        attn = self.attention_from_responses(x, responses)
+        attn = self._observe(self.attention_from_responses(x, responses))
         if self.recompute_responses:
             return recomputed_mix(responses, attn, self.bias, x, self.weight, *self.conv_args())
         return mix_responses(responses, attn, self.bias)

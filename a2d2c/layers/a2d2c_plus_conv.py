@@ -112,7 +112,7 @@ class A2D2CPlusConv2d(LocalAttentionMixin, MixtureConv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         experts = self.expert_responses(x)
-        alpha = self.attention_from_responses(x, experts)
+        alpha = self._observe(self.attention_from_responses(x, experts))
         out = F.conv2d(x, self.weight, self.bias, *self.conv_args())
         if self.depthwise:
             # U sum_k alpha_k (v_k . x_c) = x_c . (alpha^T (v u)): the same value, but autograd keeps

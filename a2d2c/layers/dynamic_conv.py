@@ -109,4 +109,4 @@ class DynamicConv2d(MixtureConv2d):
                                save_kernels=path == "reference")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._compute(self.select_path(x), x, self.attention(x))
+        return self._compute(self.select_path(x), x, self._observe(self.attention(x)))

@@ -59,6 +59,14 @@ class MixtureConv2d(nn.Module):
         self.groups = groups
         self.num_kernels = num_kernels
         self.register_buffer("temperature", None if temperature is None else torch.tensor(float(temperature)))
+        # Called with the attention each forward computes, while set (tracking/attention_stats.py sets it
+        # during evaluation): the statistics read what the layer computed, at no cost of their own.
+        self.attention_observer = None
+
+    def _observe(self, attn: torch.Tensor) -> torch.Tensor:
+        if self.attention_observer is not None:
+            self.attention_observer(attn)
+        return attn
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):

@@ -64,6 +64,8 @@ class ODConv2d(DynamicConv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         heads = self.heads(x)
+        if heads.kernel is not None:
+            self._observe(heads.kernel)
         y = self._compute(self.select_path(x), x * heads.channel[:, :, None, None], heads)
         return y if heads.filter is None else y * heads.filter[:, :, None, None]
 

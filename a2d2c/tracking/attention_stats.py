@@ -12,9 +12,9 @@ at an output position for A2D2C / A2D2C+) has a distribution p over the K kernel
 * ``kernels_90``: how few kernels carry 90% of the usage.
 
 CondConv's sigmoid gates do not sum to 1; their distribution is the gates normalised by their sum.
-ODConv's is its kernel attention alpha_w. ``AttentionProbe`` reads ``layer.attention(x)`` of every
-such layer with forward hooks while evaluation runs: one more attention per layer per evaluation
-batch (A2D2C's includes its K responses), nothing in the training step.
+ODConv's is its kernel attention alpha_w. ``AttentionProbe`` sets every such layer's
+``attention_observer`` while evaluation runs, so it reads the attention the forward computes anyway:
+no extra computation, and nothing at all in the training step.
 """
 from __future__ import annotations
 
@@ -33,9 +33,9 @@ def attention_layers(model: nn.Module) -> Dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if isinstance(m, MixtureConv2d) and m.num_kernels > 1}
 
 
-def kernel_distribution(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The layer's distribution over its K kernels for input x, as B x K x P (P = 1 per sample, else positions)."""
-    attn = layer.attention(x)
+def kernel_distribution(layer: nn.Module, attn: torch.Tensor) -> torch.Tensor:
+    """The layer's attention as distributions over its K kernels, B x K x P (P = 1 per sample, else positions)."""
+    attn = attn.detach()
     attn = attn.to(torch.promote_types(attn.dtype, torch.float32))  # float64 stays, bf16 / fp16 widen
     if isinstance(layer, CondConv2d):
         attn = attn / attn.sum(1, keepdim=True)
@@ -102,10 +102,10 @@ def metrics_record(result: Dict[str, dict]) -> Dict[str, float]:
 
 
 class AttentionProbe:
-    """Forward hooks on a model's attention layers while a ``with`` block runs (evaluation only).
+    """Observes a model's attention layers while a ``with`` block runs (evaluation only).
 
     ``keep``: also keep the first ``keep`` inputs of the model and each layer's distributions for
-    them (B x K x P, with the layer's output size), for pictures.
+    them (B x K x P), and each per-position layer's map size, for pictures.
     """
 
     def __init__(self, model: nn.Module, keep: int = 0):
@@ -123,13 +123,15 @@ class AttentionProbe:
         if self.keep:
             self._handles.append(self.model.register_forward_pre_hook(self._keep_images))
         for name, layer in self.layers.items():
-            self._handles.append(layer.register_forward_hook(self._hook(name)))
+            layer.attention_observer = self._observer(name, layer)
         return self
 
     def __exit__(self, *exc):
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        for layer in self.layers.values():
+            layer.attention_observer = None
 
     def _keep_images(self, module, inputs):
         if not (inputs and torch.is_tensor(inputs[0])):
@@ -138,17 +140,16 @@ class AttentionProbe:
             got = inputs[0][: self.keep - (0 if self.images is None else len(self.images))].detach().float().cpu()
             self.images = got if self.images is None else torch.cat([self.images, got])
 
-    def _hook(self, name: str):
-        @torch.compiler.disable  # a compiled eval model runs the hook eagerly, outside its graph
-        def hook(layer, inputs, output):
+    def _observer(self, name: str, layer: nn.Module):
+        @torch.compiler.disable  # a compiled eval model calls it eagerly, outside its graph
+        def observe(attn: torch.Tensor) -> None:
             if layer.training:
                 return  # evaluation only: a training forward is never measured
-            with torch.no_grad():
-                p = kernel_distribution(layer, inputs[0])
+            p = kernel_distribution(layer, attn)
             self.stats.update(name, p)
             have = 0 if name not in self.examples else len(self.examples[name])
             if have < self.keep:
-                self.shapes[name] = tuple(output.shape[-2:])
+                self.shapes[name] = tuple(attn.shape[2:]) if attn.dim() == 4 else (1, 1)
                 got = p[: self.keep - have].cpu()
                 self.examples[name] = got if name not in self.examples else torch.cat([self.examples[name], got])
-        return hook
+        return observe

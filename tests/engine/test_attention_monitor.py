@@ -62,12 +62,12 @@ def test_statistics_equal_an_independent_computation_on_a_fixed_input(conv_type)
     assert 0 < got["entropy"] < got["balance"] < 1
 
 
-def test_training_forwards_are_not_measured_and_hooks_leave_with_the_probe():
+def test_training_forwards_are_not_measured_and_the_observer_leaves_with_the_probe():
     m = torch.nn.Sequential(create_conv2d("dynamic", 4, 4, 3))
     with AttentionProbe(m) as probe:
         m.train()(torch.randn(2, 4, 5, 5))
     assert probe.stats.result() == {}
-    assert not m[0]._forward_hooks
+    assert m[0].attention_observer is None
     assert attention_layers(create_conv2d("dynamic", 4, 4, 3, num_kernels=1)) == {}  # K = 1 chooses nothing
 
 
@@ -166,3 +166,14 @@ def test_a_detector_with_a_wandb_run_is_measured_without_pictures(tmp_path, monk
     assert 0 <= final["attention/mean_entropy"] <= 1
     (run,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
     assert not list(run.glob("files/media/images/attention_maps_*"))
+
+
+def test_the_probe_reads_the_attention_the_forward_computed_and_computes_none_itself(monkeypatch):
+    m = torch.nn.Sequential(create_conv2d("a2d2c", 4, 4, 3)).eval()
+    x = torch.randn(2, 4, 5, 5)
+    with torch.no_grad():
+        expected = m[0].attention(x)
+    monkeypatch.setattr(m[0], "attention", lambda x: pytest.fail("the probe ran the attention again"))
+    with AttentionProbe(m, keep=2) as probe, torch.no_grad():
+        m(x)
+    assert torch.allclose(probe.examples["0"], expected.reshape(2, 4, -1)) and probe.shapes["0"] == (5, 5)
