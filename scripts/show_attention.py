@@ -5,7 +5,7 @@
     python scripts/show_attention.py best.pt --images 4 --layers layer1.0.conv1 layer4.1.conv2 --out attn/
 
 The checkpoint is loaded as eval.py loads it (saved config checked before anything is built, weights
-checked, τ restored) and its evaluation split runs through the model under forward hooks
+checked, τ restored) and its evaluation split runs through the model while its attention layers are observed
 (a2d2c.tracking.attention_stats.AttentionProbe). Written to --out (default <run dir>/attention/):
 
 * positions_<layer>.png per chosen per-position layer (a2d2c, a2d2c_plus): the first --images

@@ -1,6 +1,6 @@
 """What the Trainer does with the dynamic convs' attention at each evaluation (`trainer.attention`).
 
-Statistics come from the evaluation batches through forward hooks (tracking/attention_stats.py),
+Statistics come from the attention the evaluation batches compute anyway (tracking/attention_stats.py),
 summed over ranks; the training step is untouched. After τ's annealing, a layer whose kernel
 usage balance is below `collapse_below` is named in a warning: every sample and position chose
 the same kernel, so the layer is a static conv at K times its cost.

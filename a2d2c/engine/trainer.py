@@ -236,7 +236,7 @@ class Trainer:
         distributed.broadcast_buffers(self.model)
         if self.ema is not None:
             distributed.broadcast_buffers(self.ema.module)
-        with self.attention.watching():  # forward hooks on the model's attention layers (engine/attention_monitor.py)
+        with self.attention.watching():  # the attention layers observed (engine/attention_monitor.py)
             results = self.task.evaluate(self.eval_model, self.eval_loader, self.device, self.amp_dtype,
                                          self.memory_format)
         metrics = {f"{split}/{k}": v for k, v in results.items()}
