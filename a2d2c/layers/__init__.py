@@ -3,8 +3,7 @@
 from .a2d2c_conv import A2D2CConv2d
 from .a2d2c_plus_conv import A2D2CPlusConv2d
 from .cond_conv import CondConv2d
-from .create_conv import (CONV_TYPES, check_conv_options, check_conv_type, conv_options,
-                          create_conv2d)
+from .create_conv import CONV_TYPES, check_conv_options, check_conv_type, conv_options, create_conv2d
 from .dynamic_conv import DynamicConv2d
 from .kernel_attention import KernelAttention, LocalKernelAttention
 from .mixture_conv import MixtureConv2d

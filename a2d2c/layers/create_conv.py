@@ -7,6 +7,7 @@ from typing import Optional
 
 import torch.nn as nn
 
+from ..errors import ConfigError
 from .a2d2c_conv import A2D2CConv2d
 from .a2d2c_plus_conv import A2D2CPlusConv2d
 from .cond_conv import CondConv2d
@@ -14,7 +15,6 @@ from .dynamic_conv import DynamicConv2d
 from .functional import same_padding, to_2tuple
 from .mixture_conv import IntOrPair
 from .od_conv import ODConv2d
-from ..errors import ConfigError
 
 CONV_TYPES = ("static", "dynamic", "a2d2c", "a2d2c_plus", "condconv", "odconv")
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import colorsys
 import difflib
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch

@@ -65,9 +65,9 @@ def count_run(cfg) -> dict:
     """{"params", "macs", "metric"} of the run's model, built and counted as the Trainer does (a2d2c/engine/trainer.py)."""
     from hydra.utils import instantiate
 
-    from a2d2c.models.complexity import count_complexity
     from a2d2c.config_checks import check_train_config
     from a2d2c.errors import find_config_error
+    from a2d2c.models.complexity import count_complexity
 
     check_train_config(cfg)
     try:
