@@ -90,7 +90,7 @@ def evaluate_checkpoint(path, ema: bool = False, device: str = "auto", batch_siz
     run = load_for_evaluation(path, ema, device, batch_size, dataset_overrides)
     cfg, state = run.cfg, run.state
     # Compiled here, not in load_for_evaluation: scoring wants the run's speed, while a look at the
-    # attention (forward hooks, a few images) wants the plain module.
+    # attention (observed layers, a few images) wants the plain module.
     model = torch.compile(run.model) if cfg.trainer.compile else run.model
     metrics = run.task.evaluate(model, run.loader, run.device, run.amp_dtype, run.memory_format)
 
