@@ -27,9 +27,10 @@ class ODConv2d(DynamicConv2d):
     maps smaller than the per-sample kernels); kernel and spatial attentions make the per-sample
     kernel, alpha_s ⊙ sum_k alpha_wk W_k (``aggregate_kernels`` with ``taps``). Every
     ``path`` of DynamicConv2d computes that: ``aggregate``, ``unfold``, ``triton`` (tap-wise
-    coefficients alpha_wk * alpha_s(r, s)) and ``reference``, with the same recomputing backward; ``responses`` as K responses whose
-    im2col columns carry the spatial attention (``tap_scaled_responses``; a plain dense conv where
-    there is no spatial head). A 1x1 conv with K = 1 is one ordinary conv between the two scalings.
+    coefficients alpha_wk * alpha_s(r, s)) and ``reference``, with the same recomputing backward;
+    ``responses`` as K responses whose im2col columns carry the spatial attention
+    (``tap_scaled_responses``; a plain dense conv where there is no spatial head). A 1x1 conv with
+    K = 1 is one ordinary conv between the two scalings.
 
     ``attention(x)`` returns the kernel attention B x K (ones for K = 1); ``heads(x)`` all four.
     """
